@@ -1,0 +1,119 @@
+"""Special tokens, modality flags and conversations built exactly as the reference `ChatState`.
+
+Every piece of a conversation is tokenized on its own with no special tokens added; each audio
+clip becomes its own block of audio-in positions (and is encoded on its own); earlier assistant
+audio stays in the history as audio-out positions (liquid_audio/processor.py, `ChatState`).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from pathlib import Path
+from typing import Literal, Optional, Sequence, Union
+
+import numpy as np
+
+from .audio import PreprocessorConfig, log_mel_spectrogram, mel_frames_to_positions
+from .audio_io import resample, to_mono
+
+BOS = 1  # <|startoftext|>
+IM_START = 6
+IM_END = 7
+AUDIO_START = 128
+TEXT_START = 129
+TEXT_END = 130
+AUDIO_EOS = 2048  # end-of-audio code; real codes are 0..2047
+AUDIO_VOCAB = 2049  # rows of each codebook's audio-out table (codes + EOAudio)
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Modality(IntEnum):
+    # Values of the reference's LFMModality (enum.auto starts at 1).
+    TEXT = 1
+    AUDIO_IN = 2
+    AUDIO_OUT = 3
+
+
+class Tokenizer:
+    """The checkpoint's `tokenizer.json`, used as the reference uses its tokenizer:
+    `encode(text, add_special_tokens=False)` and a plain decode."""
+
+    def __init__(self, path: Union[str, Path]):
+        from tokenizers import Tokenizer as _Tokenizer
+
+        self._tok = _Tokenizer.from_file(str(path))
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> Optional[int]:
+        return self._tok.token_to_id(token)
+
+
+class ChatState:
+    """A conversation as the model sees it: text ids, mel clips, audio-out frames and one
+    modality flag per backbone position, in order."""
+
+    def __init__(self, tokenizer: Tokenizer, preprocessor: PreprocessorConfig, codebooks: int = 8):
+        self.tokenizer = tokenizer
+        self.preprocessor = preprocessor
+        self.codebooks = codebooks
+        self.text: list[int] = []
+        self.audio_in: list[np.ndarray] = []  # one (T, n_mels) float32 mel per clip
+        self.audio_out: list[np.ndarray] = []  # one (codebooks,) int frame per position
+        self.modality: list[int] = []
+        self.add_text("<|startoftext|>")
+
+    def __repr__(self) -> str:
+        return (
+            f"ChatState(text_tok: {len(self.text)}, audio_in: {sum(len(m) for m in self.audio_in)}, "
+            f"audio_out: {len(self.audio_out)})"
+        )
+
+    def __len__(self) -> int:
+        return len(self.modality)
+
+    def add_text(self, text: str) -> None:
+        ids = self.tokenizer.encode(text)
+        self.text.extend(ids)
+        self.modality.extend([Modality.TEXT] * len(ids))
+
+    def add_audio(self, wave: np.ndarray, sample_rate: int) -> None:
+        """Add one clip (mono float samples) as its own block of audio-in positions."""
+        wave = resample(to_mono(wave), sample_rate, self.preprocessor.sample_rate)
+        self.add_mel(np.asarray(log_mel_spectrogram(wave, self.preprocessor)))
+
+    def add_mel(self, mel: np.ndarray) -> None:
+        self.audio_in.append(np.asarray(mel, dtype=np.float32))
+        self.modality.extend([Modality.AUDIO_IN] * mel_frames_to_positions(len(mel)))
+
+    def new_turn(self, role: Role) -> None:
+        self.add_text(f"<|im_start|>{role}\n")
+
+    def end_turn(self) -> None:
+        self.add_text("<|im_end|>\n")
+
+    def append(self, tokens: Sequence[Union[int, Sequence[int]]]) -> None:
+        """Append generated steps (ints for text, `codebooks`-long frames for audio), as the
+        reference's `ChatState.append` does with the generated text, audio and flags."""
+        for t in tokens:
+            if isinstance(t, (int, np.integer)):
+                self.text.append(int(t))
+                self.modality.append(Modality.TEXT)
+            else:
+                frame = np.asarray(t, dtype=np.int32)
+                if frame.shape != (self.codebooks,):
+                    raise ValueError(f"audio frame must have {self.codebooks} codes, got shape {frame.shape}")
+                self.audio_out.append(frame)
+                self.modality.append(Modality.AUDIO_OUT)
+
+    def copy(self) -> "ChatState":
+        new = ChatState.__new__(ChatState)
+        new.__dict__.update(self.__dict__)
+        for name in ("text", "audio_in", "audio_out", "modality"):
+            setattr(new, name, list(getattr(self, name)))
+        return new

@@ -1,0 +1,108 @@
+"""Finding and loading a checkpoint folder: the Hugging Face layout as shipped, or one made by
+`lfm2-audio convert` (MLX layout). Loading is strict: every tensor must match a parameter."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .model import Model, ModelConfig
+
+MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
+DETOKENIZER_DIR = "audio_detokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+# Written into config.json by the converter; its presence marks the MLX layout.
+MLX_KEY = "lfm2_mlx"
+DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found or does not match the model."""
+
+
+def resolve(path_or_repo: Union[str, Path], revision: Optional[str] = None) -> Path:
+    """A local folder as is, else a Hub repo id fetched (or found in the cache) with
+    huggingface_hub; HF_HUB_OFFLINE=1 is honoured by huggingface_hub itself."""
+    p = Path(path_or_repo).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists() or str(path_or_repo).startswith((".", "/", "~")) or str(path_or_repo).count("/") != 1:
+        raise CheckpointError(f"model folder not found: {path_or_repo}")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(snapshot_download(str(path_or_repo), revision=revision))
+    except HFValidationError as e:
+        raise CheckpointError(f"not a local folder nor a valid Hub repo id: {path_or_repo} ({e})") from None
+    except Exception as e:  # network, auth, missing revision: all mean "cannot get it here"
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        how = (
+            "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+            if offline
+            else f"{type(e).__name__}: {e}"
+        )
+        raise CheckpointError(
+            f"cannot get {path_or_repo} from the Hugging Face Hub: {how}. Download it on a machine with "
+            f"network access (`huggingface-cli download {path_or_repo} --local-dir DIR`) and pass "
+            f"`-m DIR`, or run once with network access to fill the cache."
+        ) from None
+
+
+def read_config(path: Path) -> dict:
+    f = path / "config.json"
+    if not f.is_file():
+        raise CheckpointError(f"{path} has no config.json: not an LFM2-Audio checkpoint folder")
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{f} is not valid JSON: {e}") from None
+
+
+def build_model(config: dict) -> Model:
+    """The (uninitialised-weights) model for a config.json, quantized if the folder was."""
+    model = Model(ModelConfig.from_dict(config))
+    q = config.get(MLX_KEY, {}).get("quantization")
+    if q:
+        quantize(model, q["group_size"], q["bits"], q.get("skip", ()))
+    return model
+
+
+def quantize(model: Model, group_size: int, bits: int, skip: tuple = ()) -> None:
+    """Quantize the Linear layers of the backbone, depthformer and adapter (see `convert`)."""
+    from .convert import quantizable
+
+    nn.quantize(
+        model,
+        group_size=group_size,
+        bits=bits,
+        class_predicate=lambda path, m: quantizable(path, m, skip),
+    )
+
+
+def load_model(path: Path, dtype: Optional[mx.Dtype] = None) -> tuple[Model, dict]:
+    config = read_config(path)
+    model = build_model(config)
+    files = sorted(path.glob("model*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path} has no model.safetensors")
+    weights: dict[str, mx.array] = {}
+    for f in files:
+        weights.update(mx.load(str(f)))
+    if MLX_KEY not in config:
+        weights = model.sanitize(weights)
+    if dtype is not None:
+        # Only floating tensors change dtype; quantized weights and their uint32 codes keep theirs.
+        weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: weights do not match the model: {e}") from None
+    model.eval()
+    mx.eval(model.parameters())
+    return model, config

@@ -1,0 +1,263 @@
+"""LFM2-Audio in MLX: encoder + adapter -> LFM2 backbone -> text head or depthformer.
+
+Module attribute names equal the checkpoint keys of liquid_audio's `LFM2AudioModel`, so loading is
+`sanitize` + `load_weights(strict=True)`. The backbone is mlx-lm's `Lfm2Model`, composed, not copied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Optional, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx_lm.models import lfm2
+from mlx_lm.models.cache import ArraysCache, KVCache
+
+from .audio import PreprocessorConfig, mel_frames_to_positions
+from .chat import AUDIO_VOCAB, ChatState, Modality
+from .conformer import ConformerEncoder, EncoderConfig
+from .conformer import sanitize as sanitize_conformer
+from .depthformer import Depthformer, DepthformerConfig, SharedEmbedding
+from .sample import Sampler
+
+# transformers' Lfm2Config defaults: the reference builds `Lfm2Config(**config["lfm"])`, so a key
+# the checkpoint leaves out takes these values there too.
+LFM_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=65536,
+    hidden_size=2560,
+    intermediate_size=12288,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=128_000,
+    norm_eps=1e-5,
+    conv_bias=False,
+    conv_L_cache=3,
+    block_multiple_of=256,
+    block_ffn_dim_multiplier=1.0,
+    block_auto_adjust_ff_dim=True,
+    rope_theta=1_000_000.0,
+)
+
+# Checkpoint tensors inference never reads, dropped by name: training buffers and the audio-out
+# embedding's output head (the model predicts audio through the depthformer instead).
+UNUSED_KEYS = (
+    "codebook_offsets",
+    "audio_loss_weights",
+    "audio_embedding.embedding_norm.weight",
+    "audio_embedding.to_logits.weight",
+)
+
+
+def require(d: dict, key: str, where: str) -> Any:
+    if key not in d:
+        raise ValueError(f"config.json: {where} is missing required key '{key}'")
+    return d[key]
+
+
+def lfm_args(d: dict) -> lfm2.ModelArgs:
+    """mlx-lm's LFM2 arguments from the checkpoint's `lfm` section, read as transformers reads it."""
+    d = {**LFM_DEFAULTS, **d}
+    ff = d.get("block_ff_dim", d["intermediate_size"])
+    layer_types = d.get("layer_types")
+    if layer_types is None:
+        attn = d.get("full_attn_idxs")
+        attn = list(range(d["num_hidden_layers"])) if attn is None else attn
+        layer_types = ["full_attention" if i in attn else "conv" for i in range(d["num_hidden_layers"])]
+    rope = d.get("rope_parameters") or {}
+    return lfm2.ModelArgs(
+        model_type="lfm2",
+        vocab_size=d["vocab_size"],
+        hidden_size=d["hidden_size"],
+        num_hidden_layers=d["num_hidden_layers"],
+        num_attention_heads=d["num_attention_heads"],
+        num_key_value_heads=d["num_key_value_heads"],
+        max_position_embeddings=d["max_position_embeddings"],
+        norm_eps=d["norm_eps"],
+        conv_bias=d["conv_bias"],
+        conv_L_cache=d["conv_L_cache"],
+        block_dim=d["hidden_size"],
+        block_ff_dim=ff,
+        block_multiple_of=d["block_multiple_of"],
+        block_ffn_dim_multiplier=d["block_ffn_dim_multiplier"],
+        block_auto_adjust_ff_dim=d["block_auto_adjust_ff_dim"],
+        rope_theta=rope.get("rope_theta", d["rope_theta"]),
+        layer_types=list(layer_types),
+    )
+
+
+@dataclass
+class ModelConfig:
+    codebooks: int
+    tie_audio_embeddings: bool
+    interleaved_n_text: int
+    interleaved_n_audio: int
+    preprocessor: PreprocessorConfig
+    encoder: EncoderConfig
+    lfm: lfm2.ModelArgs
+    depthformer: DepthformerConfig
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Unknown keys are ignored; a missing required key raises ValueError naming it."""
+        top = {f.name: require(d, f.name, "the top level") for f in fields(cls)}
+        depth = top["depthformer"]
+        return cls(
+            codebooks=int(top["codebooks"]),
+            tie_audio_embeddings=bool(top["tie_audio_embeddings"]),
+            interleaved_n_text=int(top["interleaved_n_text"]),
+            interleaved_n_audio=int(top["interleaved_n_audio"]),
+            preprocessor=PreprocessorConfig.from_dict(top["preprocessor"]),
+            encoder=EncoderConfig.from_dict(top["encoder"]),
+            lfm=lfm_args(top["lfm"]),
+            depthformer=DepthformerConfig(
+                **{k: require(depth, k, "depthformer") for k in ("layers", "dim", "tie")}
+            ),
+        )
+
+
+class AudioAdapter(nn.Module):
+    """`audio_adapter.model.{0,1,3}`: LayerNorm -> Linear -> GELU -> Linear (liquid_audio/model/mlp.py)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.model = [nn.LayerNorm(d_in), nn.Linear(d_in, d_out), nn.GELU(), nn.Linear(d_out, d_out)]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        for layer in self.model:
+            x = layer(x)
+        return x
+
+
+class AudioEmbedding(nn.Module):
+    """`audio_embedding`: a frame enters the backbone as the sum of rows `code_k + 2049 k`."""
+
+    def __init__(self, codebooks: int, dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(AUDIO_VOCAB * codebooks, dim)
+        self._offsets = mx.arange(codebooks) * AUDIO_VOCAB  # underscore: not a parameter
+
+    def __call__(self, frames: mx.array) -> mx.array:
+        """(..., codebooks) codes -> (..., dim)"""
+        return self.embedding(frames + self._offsets).sum(axis=-2)
+
+
+class Model(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        cb, hidden, dcfg = config.codebooks, config.lfm.hidden_size, config.depthformer
+        self.lfm = lfm2.Lfm2Model(config.lfm)
+        self.conformer = ConformerEncoder(config.encoder)
+        self.audio_adapter = AudioAdapter(config.encoder.d_model, hidden)
+        self.audio_embedding = AudioEmbedding(cb, hidden)
+        self.depth_linear = nn.Linear(hidden, dcfg.dim * cb)
+        self.depthformer = Depthformer(dcfg)
+        self.depth_embeddings = [SharedEmbedding(AUDIO_VOCAB, dcfg.dim, dcfg.tie) for _ in range(cb)]
+
+    # ---- loading -------------------------------------------------------------------------
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Hugging Face checkpoint tensors -> this module's: drop unused ones by name, move conv
+        weights to channels-last, resolve tied depth heads. No renames, no dtype casts. Run once:
+        converted MLX folders hold the result and are loaded without it."""
+        out = {k: v for k, v in weights.items() if k not in UNUSED_KEYS}
+        conformer = {k[len("conformer.") :]: out.pop(k) for k in list(out) if k.startswith("conformer.")}
+        out.update({f"conformer.{k}": v for k, v in sanitize_conformer(conformer).items()})
+        for k, v in list(out.items()):
+            # torch depthwise conv (C, 1, K) -> MLX channels-last (C, K, 1).
+            if k.startswith("lfm.") and k.endswith("conv.conv.weight"):
+                out[k] = v.transpose(0, 2, 1)
+        if self.config.depthformer.tie:
+            for i in range(self.config.codebooks):
+                # Tied heads are one tensor; a checkpoint may store it under either name.
+                head, emb = f"depth_embeddings.{i}.to_logits.weight", f"depth_embeddings.{i}.embedding.weight"
+                if head in out:
+                    w = out.pop(head)
+                    out.setdefault(emb, w)
+        return out
+
+    def make_cache(self) -> list:
+        return [KVCache() if layer.is_attention_layer else ArraysCache(size=1) for layer in self.lfm.layers]
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        return self.lfm.embed_tokens.weight.dtype
+
+    # ---- inputs --------------------------------------------------------------------------
+    def encode_audio(self, mels: Sequence[np.ndarray]) -> mx.array:
+        """Mel clips, each (T_i, n_mels), encoded as one padded batch with lengths (never
+        concatenated) -> (sum_i ceil(T_i / 8), hidden) adapter outputs in clip order."""
+        lengths = [len(m) for m in mels]
+        batch = np.zeros((len(mels), max(lengths), mels[0].shape[1]), dtype=np.float32)
+        for i, m in enumerate(mels):
+            batch[i, : len(m)] = m
+        enc, _ = self.conformer(mx.array(batch).astype(self.dtype), mx.array(lengths))
+        # Valid lengths are known on the host (3 stride-2 convs: ceil(T / 8)); no device read needed.
+        valid = [enc[i, : mel_frames_to_positions(n)] for i, n in enumerate(lengths)]
+        return self.audio_adapter(mx.concatenate(valid, axis=0))
+
+    def embed_frames(self, frames: mx.array) -> mx.array:
+        """(..., codebooks) audio codes -> (..., hidden) backbone inputs."""
+        return self.audio_embedding(frames)
+
+    def embed_text(self, ids: mx.array) -> mx.array:
+        return self.lfm.embed_tokens(ids)
+
+    def embed_chat(self, chat: ChatState) -> mx.array:
+        """The backbone input for a whole conversation: (1, L, hidden) in the model's dtype."""
+        flags = np.asarray(chat.modality)
+        parts, order = [], []
+        if chat.text:
+            parts.append(self.embed_text(mx.array(chat.text)))
+            order.append(np.flatnonzero(flags == Modality.TEXT))
+        if chat.audio_in:
+            parts.append(self.encode_audio(chat.audio_in))
+            order.append(np.flatnonzero(flags == Modality.AUDIO_IN))
+        if chat.audio_out:
+            parts.append(self.embed_frames(mx.array(np.stack(chat.audio_out))))
+            order.append(np.flatnonzero(flags == Modality.AUDIO_OUT))
+        for p, o in zip(parts, order):
+            if p.shape[0] != len(o):
+                raise ValueError(f"conversation has {len(o)} positions of one modality but {p.shape[0]} inputs")
+        # Positions are gathered back into conversation order with one inverse permutation.
+        inverse = np.empty(len(flags), dtype=np.int32)
+        inverse[np.concatenate(order)] = np.arange(len(flags), dtype=np.int32)
+        emb = mx.concatenate([p.astype(self.dtype) for p in parts], axis=0)
+        return emb[mx.array(inverse)][None]
+
+    # ---- heads ---------------------------------------------------------------------------
+    def __call__(self, inputs_embeds: mx.array, cache: Optional[list] = None) -> mx.array:
+        """Backbone: (B, L, hidden) inputs -> (B, L, hidden) normed hidden states."""
+        return self.lfm(None, cache=cache, input_embeddings=inputs_embeds)
+
+    def text_logits(self, h: mx.array) -> mx.array:
+        return self.lfm.embed_tokens.as_linear(h)
+
+    def depth_inputs(self, h: mx.array) -> mx.array:
+        """(B, hidden) -> (B, codebooks, dim)"""
+        return self.depth_linear(h).reshape(h.shape[0], self.config.codebooks, -1)
+
+    def sample_frame(self, h: mx.array, sampler: Sampler) -> mx.array:
+        """One audio frame from backbone states h (B, hidden): (B, codebooks) codes.
+
+        Codebook k sees code k-1 through the depthformer's per-frame cache; all on device."""
+        x = self.depth_inputs(h)
+        cache, prev, codes = None, None, []
+        for k, emb in enumerate(self.depth_embeddings):
+            inp = x[:, k : k + 1] if prev is None else x[:, k : k + 1] + prev
+            out, cache = self.depthformer(inp, cache)
+            code = sampler(emb.logits(out[:, 0]))
+            codes.append(code)
+            prev = emb.embedding(code)[:, None]
+        return mx.stack(codes, axis=-1)
+
+    def depth_logits(self, h: mx.array, frames: mx.array) -> mx.array:
+        """Teacher-forced depthformer logits: h (B, hidden), frames (B, codebooks) ->
+        (B, codebooks, 2049); one causal pass over the codebook axis."""
+        x = self.depth_inputs(h)
+        prev = mx.stack([emb.embedding(frames[:, k]) for k, emb in enumerate(self.depth_embeddings[:-1])], 1)
+        x = x + mx.pad(prev, [(0, 0), (1, 0), (0, 0)])
+        out, _ = self.depthformer(x)
+        return mx.stack([emb.logits(out[:, k]) for k, emb in enumerate(self.depth_embeddings)], axis=1)

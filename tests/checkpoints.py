@@ -1,0 +1,124 @@
+"""Random-weight checkpoints in the exact Hugging Face layout, rebuilt from a committed manifest.
+
+Pure numpy (no torch, no mlx): the golden generator (tools/make_golden.py, reference venv) and
+the tests (no torch) build byte-identical folders from the same manifest and seed, so only the
+manifest and the reference outputs are committed, never the weights.
+
+Every tensor is random: weights ~ N(0, 1/fan_in), norm/scale weights ~ 1 + N(0, 0.1^2), biases and
+`pos_bias_u/v` ~ N(0, 0.1^2), batch-norm running variance ~ U(0.5, 1.5). Float tensors are stored
+as bfloat16 (as the real model.safetensors is), so float32 loading on either side sees the same
+values.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TOKENIZER_DIR = FIXTURES / "tokenizer"
+
+
+def _kind(name: str, shape: tuple) -> str:
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "running_var":
+        return "var"
+    if leaf == "num_batches_tracked":
+        return "count"
+    if leaf in ("bias", "running_mean", "pos_bias_u", "pos_bias_v"):
+        return "small"
+    if leaf == "weight" and len(shape) == 1:
+        return "scale"
+    return "weight"
+
+
+def random_tensor(name: str, shape: tuple, seed: int) -> np.ndarray:
+    # Per-tensor seed from the name: adding or removing one tensor leaves the others unchanged.
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    kind = _kind(name, shape)
+    if kind == "count":
+        return np.array(1000, dtype=np.int64).reshape(shape)
+    if kind == "var":
+        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    if kind == "small":
+        return (0.1 * rng.standard_normal(shape)).astype(np.float32)
+    if kind == "scale":
+        return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
+    return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+
+
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (round to nearest even)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = u + 0x7FFF + ((u >> 16) & 1)
+    return (rounded >> 16).astype(np.uint16)
+
+
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """The float32 values a bfloat16 store keeps."""
+    return (to_bf16_bits(x).astype(np.uint32) << 16).view(np.float32)
+
+
+def save_safetensors(path: Path, tensors: dict[str, np.ndarray], bf16: bool = True) -> None:
+    """A minimal safetensors writer that can store bfloat16 (numpy has no bf16 dtype)."""
+    header, blobs, offset = {}, [], 0
+    for name in sorted(tensors):
+        a = tensors[name]
+        if a.dtype == np.float32 and bf16:
+            data, dtype = to_bf16_bits(a).tobytes(), "BF16"
+        else:
+            dtype = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64", np.dtype(np.float16): "F16"}[a.dtype]
+            data = np.ascontiguousarray(a).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def make_weights(manifest: dict) -> dict[str, np.ndarray]:
+    """Every tensor of the manifest, random, then the manifest's crafted edits applied."""
+    seed = manifest["seed"]
+    w = {k: random_tensor(k, tuple(s), seed) for k, s in manifest["tensors"].items()}
+    for e in manifest.get("edits", []):
+        # Adds `value` to one entry: how a scenario steers random weights into a rare path
+        # (e.g. a text-head row towards <|audio_start|>).
+        w[e["tensor"]][tuple(e["index"])] += e["value"]
+    return w
+
+
+def build(manifest: dict, out: Path) -> Path:
+    """Write a Hugging Face layout folder (config.json, model.safetensors, tokenizer files)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(manifest["config"], indent=2))
+    save_safetensors(out / "model.safetensors", make_weights(manifest))
+    for f in TOKENIZER_DIR.iterdir():
+        shutil.copy(f, out / f.name)
+    return out
+
+
+def load_manifest(name: str) -> dict:
+    return json.loads((FIXTURES / name / "manifest.json").read_text())
+
+
+def clip(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
+    """A deterministic speech-like test clip: tones with a syllable envelope plus noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = rng.uniform(100, 220)
+    x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 6))
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 5) * t)
+    x = 0.2 * env * x + 0.01 * rng.standard_normal(t.shape)
+    return x.astype(np.float32)
