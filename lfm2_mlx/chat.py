@@ -111,6 +111,33 @@ class ChatState:
                 self.audio_out.append(frame)
                 self.modality.append(Modality.AUDIO_OUT)
 
+    def save(self, path: Union[str, Path]) -> None:
+        """Write the conversation (token ids, mel features, frames, flags) to an .npz file."""
+        mels = {f"mel_{i}": m for i, m in enumerate(self.audio_in)}
+        frames = np.asarray(self.audio_out, dtype=np.int32).reshape(-1, self.codebooks)
+        with open(path, "wb") as f:
+            np.savez_compressed(f, format=np.array(1), text=np.asarray(self.text, dtype=np.int64),
+                                modality=np.asarray(self.modality, dtype=np.int8), audio_out=frames, **mels)
+
+    @classmethod
+    def load(cls, path: Union[str, Path], tokenizer: Tokenizer, preprocessor: PreprocessorConfig) -> "ChatState":
+        try:
+            z = np.load(path)
+            n_mels = len([k for k in z.files if k.startswith("mel_")])
+            state = cls.__new__(cls)
+            state.tokenizer, state.preprocessor = tokenizer, preprocessor
+            state.text = z["text"].tolist()
+            state.modality = [Modality(int(m)) for m in z["modality"]]
+            state.audio_out = list(z["audio_out"])
+            state.codebooks = z["audio_out"].shape[1]
+            state.audio_in = [z[f"mel_{i}"] for i in range(n_mels)]
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"{path} is not a conversation history file ({e})") from None
+        counts = [state.modality.count(m) for m in Modality]
+        if counts[0] != len(state.text) or counts[2] != len(state.audio_out):
+            raise ValueError(f"{path} is not a consistent conversation history file")
+        return state
+
     def copy(self) -> "ChatState":
         new = ChatState.__new__(ChatState)
         new.__dict__.update(self.__dict__)

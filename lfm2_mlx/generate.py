@@ -182,7 +182,8 @@ def generate(
             state, emit, stop = policy.step(state, eos)
             step = GenerationStep(Modality.AUDIO_OUT, frame=value)
             if decoder is not None and not eos:
-                step.pcm = decoder.decode_step(tok[:, :, None], dcache)[0]
+                # Host codes: the decoder validates them without another device read.
+                step.pcm = decoder.decode_step(np.array(value, dtype=np.int32)[None, :, None], dcache)[0]
                 mx.async_eval(step.pcm)
         if emit:
             yield step

@@ -122,3 +122,47 @@ def clip(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
     env = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 5) * t)
     x = 0.2 * env * x + 0.01 * rng.standard_normal(t.shape)
     return x.astype(np.float32)
+
+
+def _golden(name: str):
+    """tools/golden/<name>.py: their weight recipes are numpy only (torch is imported in main)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "golden" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"golden_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def add_detokenizer(out: Path) -> None:
+    """The LFM2.5 `audio_detokenizer/` of tests/fixtures/detokenizer (random, real 512 width)."""
+    golden = _golden("detokenizer")
+    fixture = FIXTURES / "detokenizer"
+    manifest = json.loads((fixture / "manifest.json").read_text())
+    seed = json.loads((fixture / "meta.json").read_text())["seed"]
+    weights = golden.random_checkpoint([(e["key"], e["shape"]) for e in manifest], seed)
+    d = Path(out) / "audio_detokenizer"
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(fixture / "audio_detokenizer" / "config.json", d / "config.json")
+    save_safetensors(d / "model.safetensors", weights, bf16=False)
+
+
+def add_mimi(out: Path) -> None:
+    """A random Mimi checkpoint at the real shape, every key of the released file (fp32)."""
+    golden = _golden("mimi")
+    keys = json.loads((FIXTURES / "mimi" / "real_keys.json").read_text())
+    seed = json.loads((FIXTURES / "mimi" / "meta.json").read_text()).get("real_seed", 0)
+    weights = {k: golden.random_tensor(k, tuple(s), seed) for k, s in keys.items()}
+    save_safetensors(Path(out) / "tokenizer-e351c8d8-checkpoint125.safetensors", weights, bf16=False)
+
+
+def build_full(name: str, out: Path, detokenizer: bool = True, mimi: bool = False) -> Path:
+    """A complete checkpoint folder: the model of manifest `name` plus audio decoders
+    (LFM2.5 layout with `audio_detokenizer/`; LFM2 layout with Mimi only)."""
+    build(load_manifest(name), out)
+    if detokenizer:
+        add_detokenizer(out)
+    if mimi:
+        add_mimi(out)
+    return Path(out)
