@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Optional, Union
 
 import mlx.core as mx
-import mlx.nn as nn
 
 from .model import Model, ModelConfig
 
@@ -67,22 +66,12 @@ def read_config(path: Path) -> dict:
 def build_model(config: dict) -> Model:
     """The (uninitialised-weights) model for a config.json, quantized if the folder was."""
     model = Model(ModelConfig.from_dict(config))
-    q = config.get(MLX_KEY, {}).get("quantization")
+    q = (config.get(MLX_KEY) or {}).get("quantization")
     if q:
-        quantize(model, q["group_size"], q["bits"], q.get("skip", ()))
+        from .convert import quantize_model
+
+        quantize_model(model, q["bits"], q["group_size"], q.get("skip", ()))
     return model
-
-
-def quantize(model: Model, group_size: int, bits: int, skip: tuple = ()) -> None:
-    """Quantize the Linear layers of the backbone, depthformer and adapter (see `convert`)."""
-    from .convert import quantizable
-
-    nn.quantize(
-        model,
-        group_size=group_size,
-        bits=bits,
-        class_predicate=lambda path, m: quantizable(path, m, skip),
-    )
 
 
 def load_model(path: Path, dtype: Optional[mx.Dtype] = None) -> tuple[Model, dict]:

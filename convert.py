@@ -1,0 +1,11 @@
+"""Convert a Hugging Face LFM2-Audio checkpoint to an MLX folder (same as `lfm2-audio convert`).
+
+    python convert.py LiquidAI/LFM2.5-Audio-1.5B -o lfm25-mlx --dtype bfloat16 [-q --q-bits 4]
+"""
+
+import sys
+
+from lfm2_mlx.convert import main
+
+if __name__ == "__main__":
+    sys.exit(main())

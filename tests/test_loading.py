@@ -1,0 +1,163 @@
+"""Loading (strict, both layouts, Hub resolution) and the converter."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import checkpoints
+import lfm2_mlx
+from lfm2_mlx.convert import convert
+from lfm2_mlx.generate import generate_tokens
+from lfm2_mlx.loading import CheckpointError, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return checkpoints.build(checkpoints.load_manifest("core_asr"), tmp_path / "ckpt")
+
+
+def edit_weights(folder: Path, edit) -> None:
+    w = {k: np.array(v.astype(mx.float32)) if v.dtype == mx.bfloat16 else np.array(v)
+         for k, v in mx.load(str(folder / "model.safetensors")).items()}
+    edit(w)
+    checkpoints.save_safetensors(folder / "model.safetensors", w)
+
+
+def prefill_logits(m) -> np.ndarray:
+    chat = m.new_chat("Perform ASR.")
+    m.user_turn(chat, audio=(checkpoints.clip(0.6, seed=3), 16000))
+    return np.array(m.model.text_logits(m.model(m.model.embed_chat(chat)))[0].astype(mx.float32))
+
+
+def test_missing_tensor_is_named(folder):
+    edit_weights(folder, lambda w: w.pop("lfm.layers.2.self_attn.q_proj.weight"))
+    with pytest.raises(CheckpointError, match=r"lfm\.layers\.2\.self_attn\.q_proj\.weight"):
+        lfm2_mlx.load(folder)
+
+
+def test_unexpected_tensor_is_named(folder):
+    edit_weights(folder, lambda w: w.__setitem__("lfm.layers.0.surprise", np.zeros(3, np.float32)))
+    with pytest.raises(CheckpointError, match=r"lfm\.layers\.0\.surprise"):
+        lfm2_mlx.load(folder)
+
+
+def test_misshaped_tensor_is_named(folder):
+    edit_weights(folder, lambda w: w.__setitem__("depth_linear.bias", np.zeros(5, np.float32)))
+    with pytest.raises(CheckpointError, match=r"depth_linear\.bias"):
+        lfm2_mlx.load(folder)
+
+
+def test_conv_weight_is_not_shape_guessed(folder):
+    # An HF-layout file whose conv weight is already channels-last is wrong: no guessing it right.
+    def to_channels_last(w):
+        k = "lfm.layers.0.conv.conv.weight"
+        w[k] = np.ascontiguousarray(w[k].transpose(0, 2, 1))
+
+    edit_weights(folder, to_channels_last)
+    with pytest.raises(CheckpointError, match=r"lfm\.layers\.0\.conv\.conv\.weight"):
+        lfm2_mlx.load(folder)
+
+
+def test_training_buffers_and_unused_heads_are_dropped_by_name(folder):
+    # Real checkpoints may store the derived buffers; the tied depth heads may appear under
+    # `to_logits`; none of that changes the model.
+    before = prefill_logits(lfm2_mlx.load(folder, dtype="float32"))
+
+    def add(w):
+        w["codebook_offsets"] = np.arange(8, dtype=np.int64) * 2049
+        w["audio_loss_weights"] = np.ones(8, np.float32)
+        w["depth_embeddings.3.to_logits.weight"] = w.pop("depth_embeddings.3.embedding.weight")
+
+    edit_weights(folder, add)
+    np.testing.assert_array_equal(prefill_logits(lfm2_mlx.load(folder, dtype="float32")), before)
+
+
+@pytest.mark.parametrize("section,key", [("", "codebooks"), ("depthformer", "dim"), ("encoder", "n_heads"),
+                                         ("preprocessor", "n_fft")])
+def test_missing_config_key_is_named(folder, section, key):
+    cfg = json.loads((folder / "config.json").read_text())
+    (cfg[section] if section else cfg).pop(key)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=f"'{key}'"):
+        lfm2_mlx.load(folder)
+
+
+def test_unknown_config_keys_are_ignored(folder):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["something_new"] = 1
+    cfg["lfm"]["another"] = [1, 2]
+    cfg["depthformer"]["extra"] = True
+    (folder / "config.json").write_text(json.dumps(cfg))
+    lfm2_mlx.load(folder)
+
+
+def test_stored_dtype_is_kept_everywhere(folder):
+    m = lfm2_mlx.load(folder)  # stored bf16: no silent cast to float32 or float16
+    from mlx.utils import tree_flatten
+
+    dtypes = {v.dtype for _, v in tree_flatten(m.model.parameters())}
+    assert dtypes == {mx.bfloat16}
+
+
+def test_missing_model_without_network_says_how_to_get_it(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    code = "import lfm2_mlx; lfm2_mlx.load('LiquidAI/LFM2.5-Audio-1.5B')"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "HF_HUB_OFFLINE" in r.stderr and "--local-dir" in r.stderr
+
+
+def test_resolve_rejects_missing_local_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve("./relative/nope")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_converted_folder_reproduces_the_original_exactly(tmp_path, dtype):
+    src = checkpoints.build_full("core_chat", tmp_path / "src")
+    out = convert(src, tmp_path / "mlx", dtype=dtype, log=lambda m: None)
+    assert json.loads((out / "config.json").read_text())["lfm2_mlx"]["dtype"] == dtype
+    for f in ("tokenizer.json", "tokenizer_config.json", "audio_detokenizer/model.safetensors"):
+        assert (out / f).is_file()
+    a, b = lfm2_mlx.load(src, dtype=dtype), lfm2_mlx.load(out)
+    np.testing.assert_array_equal(prefill_logits(a), prefill_logits(b))
+    chat = a.new_chat("Respond with interleaved text and audio.")
+    a.user_turn(chat, audio=(checkpoints.clip(1.0, seed=4), 16000))
+    kw = dict(mode="interleaved", max_new_tokens=30)
+    assert generate_tokens(a.model, chat, **kw) == generate_tokens(b.model, chat, **kw)
+
+
+def test_convert_refuses_existing_output_and_leaves_nothing_on_failure(folder, tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    with pytest.raises(FileExistsError):
+        convert(folder, out, log=lambda m: None)
+    # A failure half way (here: the tokenizer file is unreadable as a directory copy target)
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    (bad / "tokenizer.json").unlink()
+    (bad / "tokenizer.json").symlink_to(bad / "missing-target")
+    with pytest.raises(OSError):
+        convert(bad, tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_convert_script_shim(folder, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "convert.py"), str(folder), "-o", str(tmp_path / "o"),
+                        "--dtype", "float16"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert lfm2_mlx.load(tmp_path / "o").model.dtype == mx.float16
+    r = subprocess.run([sys.executable, str(ROOT / "convert.py"), str(folder), "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "already exists" in r.stderr and "Traceback" not in r.stderr
