@@ -14,13 +14,14 @@ backbone step itself never needs redoing, since its input is the token already s
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Optional, Protocol, Union
+from functools import partial
+from typing import Any, Callable, Iterator, Optional, Protocol, Union
 
 import mlx.core as mx
 import numpy as np
 
 from .chat import AUDIO_EOS, AUDIO_START, IM_END, TEXT_END, ChatState, Modality
-from .sample import make_sampler
+from .sample import Sampler, is_greedy, make_sampler
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,29 @@ class AudioDecoder(Protocol):
     def flush(self, cache: Any) -> mx.array: ...
 
 
+def _text_head(model, sampler: Sampler, h: mx.array) -> mx.array:
+    return sampler(model.text_logits(h))  # (B,)
+
+
+def _audio_head(model, sampler: Sampler, h: mx.array) -> mx.array:
+    frame = model.sample_frame(h, sampler)  # (B, codebooks)
+    # EOAudio in the first codebook makes the whole frame EOAudio (it is fed back so).
+    return mx.where(frame[:, :1] == AUDIO_EOS, AUDIO_EOS, frame)
+
+
+def compiled_head(model, kind: str, temperature: Optional[float], top_k: Optional[int]) -> Callable:
+    """The text head or the whole 8-codebook frame sampler as one compiled, fixed-shape function
+    of the backbone state: sampling stays on the device and no host read can hide inside (a read
+    during tracing is an error). Compiled once per model and sampling setting."""
+    key = (kind, temperature if not is_greedy(temperature, top_k) else None, top_k or None)
+    fns = model.__dict__.setdefault("_compiled_heads", {})
+    if key not in fns:
+        sampler = make_sampler(temperature, top_k)
+        fn = partial(_text_head if kind == "text" else _audio_head, model, sampler)
+        fns[key] = mx.compile(fn, inputs=[model.state, mx.random.state], outputs=[mx.random.state])
+    return fns[key]
+
+
 def to_host(x: mx.array) -> Any:
     """The loop's only device -> host read (one per step); tests count calls to it."""
     return x.tolist()
@@ -143,17 +167,15 @@ def generate(
         raise ValueError(f"mode must be 'sequential' or 'interleaved', got {mode!r}")
     if seed is not None:
         mx.random.seed(seed)
-    text_sampler = make_sampler(text_temperature, text_top_k)
-    audio_sampler = make_sampler(audio_temperature, audio_top_k)
+    heads = {
+        Modality.TEXT: compiled_head(model, "text", text_temperature, text_top_k),
+        Modality.AUDIO_OUT: compiled_head(model, "audio", audio_temperature, audio_top_k),
+    }
     cache = model.make_cache()
     dcache = decoder.make_cache() if decoder is not None else None
 
     def head(h: mx.array, modality: Modality) -> mx.array:
-        if modality == Modality.TEXT:
-            return text_sampler(model.text_logits(h))  # (1,)
-        frame = model.sample_frame(h, audio_sampler)  # (1, codebooks)
-        # EOAudio in the first codebook makes the whole frame EOAudio (it is fed back so).
-        return mx.where(frame[:, :1] == AUDIO_EOS, AUDIO_EOS, frame)
+        return heads[modality](h)
 
     def feed(tok: mx.array, modality: Modality) -> mx.array:
         emb = model.embed_text(tok) if modality == Modality.TEXT else model.embed_frames(tok)
