@@ -82,6 +82,8 @@ class Interleaved:
         return nxt, True, False
 
 
+PREFILL_CHUNK = 512
+
 # What the next step's modality would be after an ordinary token (used to queue ahead).
 ORDINARY = {Modality.TEXT: -1, Modality.AUDIO_OUT: False}
 
@@ -134,6 +136,16 @@ def compiled_head(model, kind: str, temperature: Optional[float], top_k: Optiona
     return fns[key]
 
 
+def prefill(model, emb: mx.array, cache: list, chunk: int = PREFILL_CHUNK) -> mx.array:
+    """Run the prompt through the backbone in chunks (bounded activation memory for long
+    conversations, as mlx-lm's prefill); returns the last position's state (B, hidden)."""
+    while emb.shape[1] > chunk:
+        model(emb[:, :chunk], cache)
+        mx.eval([c.state for c in cache])
+        emb = emb[:, chunk:]
+    return model(emb, cache)[:, -1]
+
+
 def to_host(x: mx.array) -> Any:
     """The loop's only device -> host read (one per step); tests count calls to it."""
     return x.tolist()
@@ -184,7 +196,7 @@ def generate(
     state = policy.initial()
     if max_new_tokens <= 0:
         return
-    h = model(model.embed_chat(chat), cache)[:, -1]
+    h = prefill(model, model.embed_chat(chat), cache)
     tok = head(h, state.modality)
     mx.async_eval(tok)
     for n in range(max_new_tokens):

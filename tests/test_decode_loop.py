@@ -193,3 +193,16 @@ def test_memory_does_not_grow_beyond_the_kv_cache(load_model):
     # KV cache of the 2 attention layers: k+v, 2 heads x 16 dims, float32 = 512 B per position,
     # allocated in 256-step blocks; anything beyond a block or two would be a leak.
     assert active[1] - active[0] <= 2 * 256 * 512 * 2
+
+
+def test_chunked_prefill_equals_whole_prefill(load_model):
+    from lfm2_mlx.generate import prefill
+
+    m = load_model("core_chat")
+    chat = m.new_chat("Respond with interleaved text and audio.")
+    m.user_turn(chat, audio=(clip(2.5, seed=9), 16000))
+    emb = m.model.embed_chat(chat)
+    whole = m.model(emb)[:, -1]
+    for chunk in (5, 16, emb.shape[1]):
+        np.testing.assert_allclose(np.array(prefill(m.model, emb, m.model.make_cache(), chunk)), np.array(whole),
+                                   atol=1e-5)
