@@ -25,30 +25,15 @@ def expected(name):
 
 
 def asr_chat(m):
-    chat = m.new_chat("Perform ASR.")
-    chat.new_turn("user")
-    chat.add_audio(CLIP_A, 16000)
-    chat.end_turn()
-    chat.new_turn("assistant")
-    return chat
+    return m.user_turn(m.new_chat("Perform ASR."), audio=(CLIP_A, 16000))
 
 
 def tts_chat(m):
-    chat = m.new_chat("Perform TTS. Use the US male voice.")
-    chat.new_turn("user")
-    chat.add_text("Hello there, how are you today?")
-    chat.end_turn()
-    chat.new_turn("assistant")
-    return chat
+    return m.user_turn(m.new_chat("Perform TTS. Use the US male voice."), text="Hello there, how are you today?")
 
 
 def chat_chat(m):
-    chat = m.new_chat("Respond with interleaved text and audio.")
-    chat.new_turn("user")
-    chat.add_audio(CLIP_A, 16000)
-    chat.end_turn()
-    chat.new_turn("assistant")
-    return chat
+    return m.user_turn(m.new_chat("Respond with interleaved text and audio."), audio=(CLIP_A, 16000))
 
 
 def teacher_forced(model, chat, tokens):
@@ -125,10 +110,7 @@ def test_two_turn_chat_keeps_first_reply_audio(load_model):
     chat = chat_chat(m)
     chat.append(e["tokens"])
     chat.end_turn()
-    chat.new_turn("user")
-    chat.add_audio(CLIP_B, 16000)
-    chat.end_turn()
-    chat.new_turn("assistant")
+    m.user_turn(chat, audio=(CLIP_B, 16000))
     assert chat.modality == e["modality_turn2"]
     emb = m.model.embed_chat(chat)
     # text, two clips of different lengths through encoder + adapter, and audio-out positions;
