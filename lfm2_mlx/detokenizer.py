@@ -286,11 +286,9 @@ class Detokenizer(nn.Module):
         return self.istft.flush(cache)
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
-        # mlx-lm's lfm2 rule: depthwise conv weights (C, 1, K) from PyTorch become (C, K, 1).
-        return {
-            k: v.transpose(0, 2, 1) if "conv.weight" in k and v.shape[-1] > v.shape[1] else v
-            for k, v in weights.items()
-        }
+        # Depthwise conv weights (C, 1, K) from PyTorch become channels-last (C, K, 1). The files
+        # are always in the PyTorch layout (the converter copies them as they are): no guessing.
+        return {k: v.transpose(0, 2, 1) if k.endswith("conv.conv.weight") else v for k, v in weights.items()}
 
 
 def load_detokenizer(folder: str | Path, dtype: mx.Dtype = mx.float32) -> Detokenizer:
