@@ -227,18 +227,30 @@ class ChatSession:
                     sample_rate: Optional[int] = None, max_new_tokens: int = 1024, decoder=None,
                     with_audio: bool = True, **kwargs) -> Iterator[ReplyChunk]:
         """One user turn; yields the reply's text pieces and PCM chunks. The reply joins the
-        history when the stream is exhausted."""
+        history when the stream ends, or, if the caller closes it early (barge-in), what was
+        generated so far does."""
         if audio is None and not text:
             raise ValueError("a chat turn needs audio or text")
         chat = self.state.copy()
         self.model.user_turn(chat, text=text, audio=audio, sample_rate=sample_rate)
         steps = []
         kw = {**CHAT_SAMPLING, **kwargs}
-        for c in self.model.stream(chat, mode="interleaved", decoder=decoder, with_audio=with_audio,
-                                   max_new_tokens=max_new_tokens, **kw):
-            if c.step is not None:
-                steps.append(c.step.value)
-            yield c
+        try:
+            for c in self.model.stream(chat, mode="interleaved", decoder=decoder, with_audio=with_audio,
+                                       max_new_tokens=max_new_tokens, **kw):
+                if c.step is not None:
+                    steps.append(c.step.value)
+                yield c
+        except GeneratorExit:
+            # Closed early (the user interrupted): the exchange so far still joins the history,
+            # with an open audio run closed by an EOAudio frame as a finished one would be.
+            if steps and isinstance(steps[-1], list) and steps[-1][0] != AUDIO_EOS:
+                steps.append([AUDIO_EOS] * chat.codebooks)
+            self._commit(chat, steps)
+            raise
+        self._commit(chat, steps)
+
+    def _commit(self, chat: ChatState, steps: list) -> None:
         chat.append(steps)
         chat.end_turn()
         self.state = chat

@@ -91,7 +91,8 @@ ORDINARY = {Modality.TEXT: -1, Modality.AUDIO_OUT: False}
 @dataclass
 class GenerationStep:
     """One generated step: a text token or an audio frame (EOAudio frames included), and, when
-    a decoder is attached, the PCM it produced (float32, 24 kHz; None for text and EOAudio)."""
+    a decoder is attached, the PCM it produced (float32, 24 kHz; None for text, EOAudio, and the
+    rare frame whose later codebook sampled 2048, which no decoder can take)."""
 
     modality: Modality
     token: Optional[int] = None
@@ -215,7 +216,10 @@ def generate(
             eos = value[0] == AUDIO_EOS
             state, emit, stop = policy.step(state, eos)
             step = GenerationStep(Modality.AUDIO_OUT, frame=value)
-            if decoder is not None and not eos:
+            # A later codebook may also sample 2048; such a frame stays in the sequence (the
+            # reference feeds it back) but no decoder table has that row: skip it, as the
+            # reference demo does (`if (t == 2048).any(): continue`).
+            if decoder is not None and AUDIO_EOS not in value:
                 # Host codes: the decoder validates them without another device read.
                 step.pcm = decoder.decode_step(np.array(value, dtype=np.int32)[None, :, None], dcache)[0]
                 mx.async_eval(step.pcm)
@@ -239,6 +243,7 @@ def generate_tokens(model, chat: ChatState, **kwargs) -> list[Union[int, list[in
 
 
 def frames_array(steps: list, codebooks: int = 8) -> np.ndarray:
-    """The audio frames among generated steps, EOAudio dropped: (codebooks, T) int32."""
-    frames = [s for s in steps if isinstance(s, list) and s[0] != AUDIO_EOS]
+    """The decodable audio frames among generated steps (EOAudio, and any frame holding a 2048,
+    dropped, as the loop does when a decoder is attached): (codebooks, T) int32."""
+    frames = [s for s in steps if isinstance(s, list) and AUDIO_EOS not in s]
     return np.asarray(frames, dtype=np.int32).reshape(len(frames), codebooks).T
