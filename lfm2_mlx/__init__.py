@@ -1,8 +1,25 @@
-"""LFM2-Audio (ASR, TTS, speech chat) on Apple Silicon with MLX."""
+"""LFM2-Audio (ASR, TTS, speech chat) on Apple Silicon with MLX.
 
-from .api import ChatSession, LFM2Audio, Reply, ReplyChunk, load
-from .chat import ChatState, Modality
-from .generate import GenerationStep
+    import lfm2_mlx
+    model = lfm2_mlx.load("LiquidAI/LFM2.5-Audio-1.5B")
+"""
 
-__all__ = ["load", "LFM2Audio", "ChatSession", "Reply", "ReplyChunk", "ChatState", "Modality", "GenerationStep"]
 __version__ = "0.1.0"
+__all__ = ["load", "LFM2Audio", "ChatSession", "Reply", "ReplyChunk", "ChatState", "Modality", "GenerationStep"]
+
+_EXPORTS = {
+    "load": "api", "LFM2Audio": "api", "ChatSession": "api", "Reply": "api", "ReplyChunk": "api",
+    "ChatState": "chat", "Modality": "chat", "GenerationStep": "generate",
+}
+
+
+def __getattr__(name: str):
+    # Imported on first use, so `lfm2-audio --help` does not pay for loading MLX.
+    import importlib
+
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    try:  # submodules, e.g. `lfm2_mlx.api`
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError:
+        raise AttributeError(f"module 'lfm2_mlx' has no attribute {name!r}") from None

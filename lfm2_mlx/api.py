@@ -18,17 +18,21 @@ import mlx.core as mx
 import numpy as np
 
 from .audio_io import AudioInput, read_audio
-from .chat import AUDIO_EOS, ChatState, Modality, Tokenizer
-from .generate import GenerationStep, generate
+from .chat import (
+    ASR_PROMPT,
+    AUDIO_EOS,
+    CHAT_PROMPT,
+    CHAT_SAMPLING,
+    TTS_SAMPLING,
+    VOICES,
+    ChatState,
+    Modality,
+    Tokenizer,
+)
+from .generate import GenerationStep, PromptCache, generate
 from .loading import DETOKENIZER_DIR, DTYPES, MIMI_FILE, CheckpointError, load_model, resolve
 from .model import Model
 
-# The model card's recipes (liquid-audio README / REFERENCE.md).
-ASR_PROMPT = "Perform ASR."
-CHAT_PROMPT = "Respond with interleaved text and audio."
-VOICES = ("US male", "US female", "UK male", "UK female")
-TTS_SAMPLING = dict(audio_temperature=0.8, audio_top_k=64)
-CHAT_SAMPLING = dict(audio_temperature=1.0, audio_top_k=4)
 SAMPLE_RATE = 24000
 
 
@@ -49,9 +53,11 @@ class TextStream:
         piece, self.emitted = text[self.emitted :], len(text)
         return piece
 
-    @property
-    def text(self) -> str:
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character at the very end)."""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        piece, self.emitted = text[self.emitted :], len(text)
+        return piece
 
 
 @dataclass
@@ -154,6 +160,9 @@ class LFM2Audio:
             else:
                 pcm = None if step.pcm is None else np.asarray(step.pcm, dtype=np.float32)
                 yield ReplyChunk(audio=pcm, step=step if step.frame is not None else None)
+        rest = text.flush()
+        if rest:
+            yield ReplyChunk(text=rest)
 
     def collect(self, chunks: Iterator[ReplyChunk]) -> Reply:
         text, audio, tokens = [], [], []
@@ -222,6 +231,7 @@ class ChatSession:
     def __init__(self, model: LFM2Audio, system: str = CHAT_PROMPT, state: Optional[ChatState] = None):
         self.model = model
         self.state = state if state is not None else model.new_chat(system)
+        self.cache = PromptCache()  # the backbone cache of this conversation, reused by each turn
 
     def send_stream(self, audio: Optional[AudioInput] = None, text: Optional[str] = None, *,
                     sample_rate: Optional[int] = None, max_new_tokens: int = 1024, decoder=None,
@@ -237,7 +247,7 @@ class ChatSession:
         kw = {**CHAT_SAMPLING, **kwargs}
         try:
             for c in self.model.stream(chat, mode="interleaved", decoder=decoder, with_audio=with_audio,
-                                       max_new_tokens=max_new_tokens, **kw):
+                                       max_new_tokens=max_new_tokens, prompt_cache=self.cache, **kw):
                 if c.step is not None:
                     steps.append(c.step.value)
                 yield c

@@ -59,7 +59,9 @@ def read_audio(audio: AudioInput, sample_rate: Optional[int] = None) -> Tuple[np
         try:
             wave, sample_rate = sf.read(src, dtype="float32", always_2d=True)
         except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-            raise AudioError(f"cannot read {name} as audio ({e})") from None
+            # libsndfile's message names its file object; keep only what it says is wrong.
+            reason = str(e).split(": ", 1)[-1] if "<_io." in str(e) else str(e)
+            raise AudioError(f"cannot read {name} as audio ({reason})") from None
     else:
         if sample_rate is None:
             raise AudioError("a numpy array of samples needs its sample rate")

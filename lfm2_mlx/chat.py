@@ -25,6 +25,13 @@ TEXT_END = 130
 AUDIO_EOS = 2048  # end-of-audio code; real codes are 0..2047
 AUDIO_VOCAB = 2049  # rows of each codebook's audio-out table (codes + EOAudio)
 
+# The model card's recipes (liquid-audio README / REFERENCE.md).
+ASR_PROMPT = "Perform ASR."
+CHAT_PROMPT = "Respond with interleaved text and audio."
+VOICES = ("US male", "US female", "UK male", "UK female")
+TTS_SAMPLING = dict(audio_temperature=0.8, audio_top_k=64)
+CHAT_SAMPLING = dict(audio_temperature=1.0, audio_top_k=4)
+
 Role = Literal["system", "user", "assistant"]
 
 
@@ -110,6 +117,24 @@ class ChatState:
                     raise ValueError(f"audio frame must have {self.codebooks} codes, got shape {frame.shape}")
                 self.audio_out.append(frame)
                 self.modality.append(Modality.AUDIO_OUT)
+
+    def fingerprints(self) -> list:
+        """One hashable description per position (text id, clip and index, frame codes): two
+        conversations agree on a prefix exactly when these do."""
+        text, frames, out, clip, j = iter(self.text), iter(self.audio_out), [], 0, 0
+        sizes = [mel_frames_to_positions(len(m)) for m in self.audio_in]
+        keys = [hash(m.tobytes()) for m in self.audio_in]
+        for m in self.modality:
+            if m == Modality.TEXT:
+                out.append(("t", next(text)))
+            elif m == Modality.AUDIO_OUT:
+                out.append(("a", tuple(int(c) for c in next(frames))))
+            else:
+                while j >= sizes[clip]:
+                    clip, j = clip + 1, 0
+                out.append(("i", keys[clip], j))
+                j += 1
+        return out
 
     def save(self, path: Union[str, Path]) -> None:
         """Write the conversation (token ids, mel features, frames, flags) to an .npz file."""

@@ -13,7 +13,7 @@ backbone step itself never needs redoing, since its input is the token already s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Callable, Iterator, Optional, Protocol, Union
 
@@ -86,6 +86,23 @@ PREFILL_CHUNK = 512
 
 # What the next step's modality would be after an ordinary token (used to queue ahead).
 ORDINARY = {Modality.TEXT: -1, Modality.AUDIO_OUT: False}
+
+
+@dataclass
+class PromptCache:
+    """The backbone cache of one conversation, kept across its turns so that a new turn only
+    runs its new positions (a chat reply does not re-encode every earlier clip). `positions`
+    fingerprints what the cache holds; it is reused only when it is a prefix of the new prompt."""
+
+    layers: Optional[list] = None
+    positions: list = field(default_factory=list)
+
+    def reuse(self, model, chat: ChatState) -> tuple[list, int]:
+        """(cache, positions already in it) for generating after `chat`."""
+        n = len(self.positions)
+        if self.layers is not None and 0 < n < len(chat) and chat.fingerprints()[:n] == self.positions:
+            return self.layers, n
+        return model.make_cache(), 0
 
 
 @dataclass
@@ -164,6 +181,7 @@ def generate(
     audio_top_k: Optional[int] = None,
     seed: Optional[int] = None,
     decoder: Optional[AudioDecoder] = None,
+    prompt_cache: Optional["PromptCache"] = None,
 ) -> Iterator[GenerationStep]:
     """Generate the assistant's next turn for `chat` (which must end with
     `<|im_start|>assistant\\n`), yielding each step as soon as it exists.
@@ -184,7 +202,12 @@ def generate(
         Modality.TEXT: compiled_head(model, "text", text_temperature, text_top_k),
         Modality.AUDIO_OUT: compiled_head(model, "audio", audio_temperature, audio_top_k),
     }
-    cache = model.make_cache()
+    cache, start = (prompt_cache or PromptCache()).reuse(model, chat)
+    fed = chat.fingerprints()
+    if prompt_cache is not None:
+        # Until the prompt is in, the cache matches no list of positions: forget it, so a failure
+        # part way leaves nothing stale to reuse.
+        prompt_cache.layers, prompt_cache.positions = None, []
     dcache = decoder.make_cache() if decoder is not None else None
 
     def head(h: mx.array, modality: Modality) -> mx.array:
@@ -197,7 +220,9 @@ def generate(
     state = policy.initial()
     if max_new_tokens <= 0:
         return
-    h = prefill(model, model.embed_chat(chat), cache)
+    h = prefill(model, model.embed_chat(chat, start), cache)
+    if prompt_cache is not None:
+        prompt_cache.layers, prompt_cache.positions = cache, fed
     tok = head(h, state.modality)
     mx.async_eval(tok)
     for n in range(max_new_tokens):
@@ -209,6 +234,8 @@ def generate(
             tok_next = head(h, predicted)
             mx.async_eval(tok_next)
         value = to_host(tok)[0]
+        if ahead:  # `tok` is in the backbone cache now: say so before anything is yielded
+            fed.append(("t", value) if modality == Modality.TEXT else ("a", tuple(value)))
         if modality == Modality.TEXT:
             state, emit, stop = policy.step(state, value)
             step = GenerationStep(Modality.TEXT, token=value)

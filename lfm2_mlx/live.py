@@ -25,16 +25,18 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO
 
 import mlx.core as mx
 import numpy as np
 
-from .api import CHAT_PROMPT, ChatSession, LFM2Audio
 from .audio_devices import AudioSink, AudioSource, MicrophoneSource, SpeakerSink, list_devices, parse_device
-from .chat import AUDIO_EOS
+from .chat import AUDIO_EOS, CHAT_PROMPT
 from .loading import CheckpointError
 from .vad import VAD_KINDS, LiveError, PushToTalk, TurnDetector, TurnEvent, VadTurns, make_vad
+
+if TYPE_CHECKING:  # the CLI imports this module for its flags; the model stack loads on use
+    from .api import ChatSession, LFM2Audio
 
 BLOCK = 512  # input samples per read: 32 ms at 16 kHz, one Silero frame
 

@@ -10,7 +10,6 @@ from typing import Optional, Union
 
 import mlx.core as mx
 
-from .model import Model, ModelConfig
 
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 DETOKENIZER_DIR = "audio_detokenizer"
@@ -63,8 +62,11 @@ def read_config(path: Path) -> dict:
         raise CheckpointError(f"{f} is not valid JSON: {e}") from None
 
 
-def build_model(config: dict) -> Model:
+def build_model(config: dict):
     """The (uninitialised-weights) model for a config.json, quantized if the folder was."""
+    # Imported here: mlx-lm's package import is slow, and the CLI's --help needs none of it.
+    from .model import Model, ModelConfig
+
     model = Model(ModelConfig.from_dict(config))
     q = (config.get(MLX_KEY) or {}).get("quantization")
     if q:
@@ -74,7 +76,7 @@ def build_model(config: dict) -> Model:
     return model
 
 
-def load_model(path: Path, dtype: Optional[mx.Dtype] = None) -> tuple[Model, dict]:
+def load_model(path: Path, dtype: Optional[mx.Dtype] = None) -> tuple:
     config = read_config(path)
     model = build_model(config)
     files = sorted(path.glob("model*.safetensors"))

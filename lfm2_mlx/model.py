@@ -205,25 +205,40 @@ class Model(nn.Module):
     def embed_text(self, ids: mx.array) -> mx.array:
         return self.lfm.embed_tokens(ids)
 
-    def embed_chat(self, chat: ChatState) -> mx.array:
-        """The backbone input for a whole conversation: (1, L, hidden) in the model's dtype."""
+    def embed_chat(self, chat: ChatState, start: int = 0) -> mx.array:
+        """The backbone input for a conversation from position `start` on: (1, L - start, hidden)
+        in the model's dtype. Only the clips that reach past `start` are encoded."""
         flags = np.asarray(chat.modality)
         parts, order = [], []
-        if chat.text:
-            parts.append(self.embed_text(mx.array(chat.text)))
-            order.append(np.flatnonzero(flags == Modality.TEXT))
-        if chat.audio_in:
-            parts.append(self.encode_audio(chat.audio_in))
-            order.append(np.flatnonzero(flags == Modality.AUDIO_IN))
-        if chat.audio_out:
-            parts.append(self.embed_frames(mx.array(np.stack(chat.audio_out))))
-            order.append(np.flatnonzero(flags == Modality.AUDIO_OUT))
-        for p, o in zip(parts, order):
-            if p.shape[0] != len(o):
-                raise ValueError(f"conversation has {len(o)} positions of one modality but {p.shape[0]} inputs")
+        pos = np.flatnonzero(flags == Modality.TEXT)
+        keep = pos >= start
+        if keep.any():
+            parts.append(self.embed_text(mx.array(np.asarray(chat.text)[keep])))
+            order.append(pos[keep])
+        pos = np.flatnonzero(flags == Modality.AUDIO_IN)
+        sizes = [mel_frames_to_positions(len(m)) for m in chat.audio_in]
+        if len(pos) != sum(sizes):
+            raise ValueError(f"conversation has {len(pos)} audio-in positions but its clips make {sum(sizes)}")
+        ends = np.cumsum(sizes)
+        clips = [i for i, e in enumerate(ends) if e > 0 and pos[e - 1] >= start]
+        if clips:
+            enc = self.encode_audio([chat.audio_in[i] for i in clips])
+            mine = np.concatenate([pos[ends[i] - sizes[i] : ends[i]] for i in clips])
+            keep = mine >= start
+            parts.append(enc[mx.array(np.flatnonzero(keep))] if not keep.all() else enc)
+            order.append(mine[keep])
+        pos = np.flatnonzero(flags == Modality.AUDIO_OUT)
+        keep = pos >= start
+        if keep.any():
+            frames = np.stack(chat.audio_out)[keep]
+            parts.append(self.embed_frames(mx.array(frames)))
+            order.append(pos[keep])
+        if len(chat.text) != (flags == Modality.TEXT).sum() or len(chat.audio_out) != (flags == Modality.AUDIO_OUT).sum():
+            raise ValueError("conversation flags do not match its text tokens and audio frames")
         # Positions are gathered back into conversation order with one inverse permutation.
-        inverse = np.empty(len(flags), dtype=np.int32)
-        inverse[np.concatenate(order)] = np.arange(len(flags), dtype=np.int32)
+        n = len(flags) - start
+        inverse = np.empty(n, dtype=np.int32)
+        inverse[np.concatenate(order) - start] = np.arange(n, dtype=np.int32)
         emb = mx.concatenate([p.astype(self.dtype) for p in parts], axis=0)
         return emb[mx.array(inverse)][None]
 

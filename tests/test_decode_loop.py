@@ -221,3 +221,24 @@ def test_frame_with_2048_in_a_later_codebook_is_kept_but_not_decoded(load_model)
             break
     assert odd, "no sampled frame had 2048 in a later codebook; pick other seeds"
     assert all(s.pcm is None for s in odd)
+
+
+def test_chat_session_reuses_its_cache_and_matches_a_fresh_prefill(load_model, monkeypatch):
+    m = load_model("core_chat")
+    session = m.chat()
+    kw = dict(with_audio=False, max_new_tokens=30, audio_temperature=None)
+    first = session.send(audio=(clip(1.37, seed=1), 16000), **kw)
+    after_first = len(session.state)
+    prefilled = []
+    real = gen.prefill
+    monkeypatch.setattr(gen, "prefill", lambda model, emb, cache, *a: prefilled.append(emb.shape[1]) or real(model, emb, cache, *a))
+    second = session.send(audio=(clip(0.83, seed=2), 16000), **kw)
+    # Only what the cache lacks ran: at most the reply's last step, `<|im_end|>\n` and the new turn.
+    prompt2 = len(session.state) - len(second.tokens) - 2
+    assert 0 < prefilled[0] <= prompt2 - after_first + 3
+    # The same tokens as generating the second turn from scratch on the same history.
+    chat = m.user_turn(m.new_chat("Respond with interleaved text and audio."), audio=(clip(1.37, seed=1), 16000))
+    chat.append(first.tokens)
+    chat.end_turn()
+    m.user_turn(chat, audio=(clip(0.83, seed=2), 16000))
+    assert second.tokens == [s.value for s in generate(m.model, chat, mode="interleaved", max_new_tokens=30)]

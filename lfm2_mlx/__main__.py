@@ -1,0 +1,8 @@
+"""`python -m lfm2_mlx ...` is `lfm2-audio ...`."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

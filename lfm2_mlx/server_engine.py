@@ -1,0 +1,254 @@
+"""One model, one generation at a time, a bounded wait line: the server's scheduling.
+
+MLX is not thread-safe for concurrent generation, so a single worker thread owns the model: it
+loads it and runs every request's work one after the other (all MLX calls happen on that thread).
+Requests beyond one running plus `max_queue` waiting are refused at once (`Busy`, HTTP 429).
+
+A job's work is a generator run on the worker; each item it yields is handed to the asyncio side
+as soon as it exists. Between items the worker checks whether the job was cancelled (client gone)
+or ran past its deadline, and if so closes the generator, so a stream stops at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterator, Optional
+
+log = logging.getLogger("lfm2_mlx.server")
+
+Work = Callable[[Any], Iterator[Any]]  # (loaded model) -> items
+
+
+class Busy(Exception):
+    """The wait line is full."""
+
+
+class JobTimeout(Exception):
+    """The job ran (or waited) past its deadline."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before the job finished."""
+
+
+@dataclass
+class Stats:
+    """Counters since start, read by `/health`."""
+
+    accepted: int = 0
+    rejected: int = 0  # 429
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0  # client gone or timed out
+    busy_s: float = 0.0  # time the worker spent generating
+    started: float = field(default_factory=time.time)
+
+
+class Job:
+    """One request's work, its output channel (an asyncio queue) and its stop flag."""
+
+    def __init__(self, work: Work, loop: asyncio.AbstractEventLoop, timeout: float, label: str):
+        self.work = work
+        self.loop = loop
+        self.label = label
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.deadline = time.monotonic() + timeout
+        self._stop = threading.Event()
+        self.started = False
+        self.released = False  # its slot in the line has been given back
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set()
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set() or time.monotonic() > self.deadline
+
+    def post(self, kind: str, value: Any = None) -> None:
+        """From the worker thread: queue ("start"|"item"|"end"|"error", value) for the event loop."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop is closed: the server is shutting down
+            pass
+
+
+class Engine:
+    """The model's single worker thread and its bounded wait line."""
+
+    def __init__(self, loader: Callable[[], Any], max_queue: int = 4):
+        if max_queue < 0:
+            raise ValueError("max_queue must be >= 0")
+        self.max_queue = max_queue
+        self.stats = Stats()
+        self.model: Any = None
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._pending = 0  # accepted jobs not yet finished: running + waiting
+        self._running: Optional[Job] = None
+        self._jobs: queue.Queue[Optional[Job]] = queue.Queue()
+        self._closing = False
+        self._loaded = threading.Event()
+        self._load_error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._main, name="lfm2-generation", daemon=True)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker and wait until it has loaded the model (re-raising a load error)."""
+        self._thread.start()
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise self._load_error
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the running job and everything waiting, then end the worker."""
+        with self._lock:
+            self._closing = True
+            if self._running is not None:
+                self._running.cancel()
+        self._jobs.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # ---- admission -------------------------------------------------------------------------
+    @property
+    def running(self) -> int:
+        return 1 if self._running is not None else 0
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return self._pending - (1 if self._running is not None else 0)
+
+    def submit(self, work: Work, timeout: float, label: str = "") -> Job:
+        """Queue `work`, or raise `Busy` when `max_queue` jobs already wait behind a running one."""
+        job = Job(work, asyncio.get_running_loop(), timeout, label)
+        with self._lock:
+            if self._pending >= 1 + self.max_queue:
+                self.stats.rejected += 1
+                raise Busy()
+            self._pending += 1
+            self.stats.accepted += 1
+        self._jobs.put(job)
+        return job
+
+    def abandon(self, job: Job) -> None:
+        """The request is over (done, gone or timed out): stop its work; a job that never
+        started gives its place in the line back at once."""
+        job.cancel()
+        with self._lock:
+            if not job.started and not job.released:
+                self.stats.cancelled += 1
+                self._release(job)
+
+    def _release(self, job: Job) -> None:  # caller holds the lock
+        if not job.released:
+            job.released = True
+            self._pending -= 1
+
+    # ---- the worker ------------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            self.model = self._loader()
+        except BaseException as e:  # reported by start(); the server does not come up
+            self._load_error = e
+            self._loaded.set()
+            return
+        self._loaded.set()
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            with self._lock:
+                if job.released:  # abandoned while waiting
+                    continue
+                if self._closing:
+                    self._release(job)
+                    job.post("error", RuntimeError("the server is shutting down"))
+                    continue
+                if job.should_stop():
+                    self._release(job)
+                    self.stats.cancelled += 1
+                    continue
+                job.started = True
+                self._running = job
+            self._run(job)
+            with self._lock:
+                self._running = None
+                self._release(job)
+        # Shutting down: whatever still waits will never run.
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.post("error", RuntimeError("the server is shutting down"))
+
+    def _run(self, job: Job) -> None:
+        t0 = time.perf_counter()
+        job.post("start")
+        gen = None
+        try:
+            gen = job.work(self.model)
+            stopped = False
+            for item in gen:
+                job.post("item", item)
+                if job.should_stop():
+                    stopped = True
+                    break
+            if stopped:
+                self.stats.cancelled += 1
+                timed_out = time.monotonic() > job.deadline
+                reason = "timeout" if timed_out else "client gone or shutdown"
+                log.info("%s stopped after %.2f s (%s)", job.label, time.perf_counter() - t0, reason)
+                # Whoever still listens must not take the cut output for a whole one.
+                job.post("error", JobTimeout() if timed_out else RuntimeError("the server is shutting down"))
+            else:
+                self.stats.completed += 1
+                job.post("end")
+        except Exception as e:
+            self.stats.failed += 1
+            if not getattr(e, "expected", False):
+                log.exception("%s failed", job.label)
+                e.logged = True  # the HTTP side need not log it again
+            job.post("error", e)
+        finally:
+            if gen is not None:
+                gen.close()  # GeneratorExit runs the work's own clean-up
+            self.stats.busy_s += time.perf_counter() - t0
+
+
+POLL_S = 0.25  # how often a waiting request looks for its client having gone
+
+
+async def job_events(engine: Engine, job: Job, is_disconnected: Callable[[], Any]) -> AsyncIterator[Any]:
+    """The job's items as they come. Raises `JobTimeout` past the deadline, `ClientGone` when
+    `is_disconnected()` says so, or the work's own exception; always abandons the job on exit
+    (so an early exit stops the generation at its next step)."""
+    try:
+        while True:
+            remaining = job.deadline - time.monotonic()
+            if remaining <= 0:
+                raise JobTimeout()
+            try:
+                kind, value = await asyncio.wait_for(job.events.get(), timeout=min(remaining, POLL_S))
+            except asyncio.TimeoutError:
+                if await is_disconnected():
+                    raise ClientGone() from None
+                continue
+            if kind == "item":
+                yield value
+            elif kind == "end":
+                return
+            elif kind == "error":
+                raise value
+    finally:
+        engine.abandon(job)

@@ -1,0 +1,209 @@
+"""Put a running `lfm2-audio serve` under load and report what it held.
+
+    python -m lfm2_mlx.server_load --url http://127.0.0.1:8080 --clients 8 --requests 40 --kind chat
+
+Each of `--clients` concurrent clients sends requests until `--requests` have been sent in all.
+A 429 (queue full) is refused, not an error; with `--retry-429 N` a client waits the server's
+Retry-After and tries again, up to N times. Needs httpx (`pip install httpx`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+KINDS = ("chat", "speech", "asr", "mixed")
+
+
+@dataclass
+class LoadReport:
+    clients: int
+    requests: int
+    ok: int = 0
+    refused: int = 0  # requests still refused (429) after their retries
+    refused_attempts: int = 0  # every 429 answer, retried or not
+    errors: int = 0  # any other status, a transport error or a client timeout
+    latencies_ok: list = field(default_factory=list)  # seconds, successful requests only
+    latencies_refused: list = field(default_factory=list)
+    error_kinds: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+    server_before: Optional[dict] = None
+    server_after: Optional[dict] = None
+
+    def summary(self) -> dict:
+        def pct(xs: list, q: float) -> Optional[float]:
+            return round(float(np.percentile(xs, q)), 3) if xs else None
+
+        out = {
+            "clients": self.clients,
+            "requests": self.requests,
+            "ok": self.ok,
+            "refused_429": self.refused,
+            "attempts_refused_429": self.refused_attempts,
+            "errors": self.errors,
+            "wall_s": round(self.wall_s, 2),
+            "ok_per_s": round(self.ok / self.wall_s, 3) if self.wall_s else None,
+            "latency_ok_s": {
+                "p50": pct(self.latencies_ok, 50),
+                "p90": pct(self.latencies_ok, 90),
+                "max": round(max(self.latencies_ok), 3) if self.latencies_ok else None,
+            },
+            "latency_429_s": {
+                "p50": pct(self.latencies_refused, 50),
+                "max": round(max(self.latencies_refused), 3) if self.latencies_refused else None,
+            },
+        }
+        if self.error_kinds:
+            out["error_kinds"] = self.error_kinds
+        if self.server_before and self.server_after:
+            out["server"] = {
+                k: self.server_after[k] - self.server_before[k]
+                for k in ("accepted", "rejected", "completed", "failed", "cancelled")
+            }
+            out["server"]["busy_s"] = round(self.server_after["busy_s"] - self.server_before["busy_s"], 2)
+        return out
+
+
+def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
+    """A short tone as WAV bytes (the ASR/chat requests' audio)."""
+    import soundfile as sf
+
+    t = np.arange(int(seconds * rate)) / rate
+    x = (0.2 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+async def run_load(
+    url: str,
+    clients: int = 8,
+    requests: int = 32,
+    kind: str = "chat",
+    api_key: Optional[str] = None,
+    max_tokens: int = 16,
+    timeout: float = 120.0,
+    retry_429: int = 0,
+) -> LoadReport:
+    """Send `requests` requests from `clients` concurrent clients; every request ends (bounded by
+    `timeout`), whatever the server does."""
+    import httpx
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    url = url.rstrip("/")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    wav = tone_wav()
+    wav_b64 = base64.b64encode(wav).decode()
+    report = LoadReport(clients, requests)
+    counter = iter(range(requests))
+
+    async def attempt(client: httpx.AsyncClient, i: int) -> tuple[object, float]:
+        k = KINDS[i % 3] if kind == "mixed" else kind
+        try:
+            if k == "chat":
+                r = await client.post(
+                    f"{url}/v1/chat/completions",
+                    json={
+                        "messages": [
+                            {
+                                "role": "user",
+                                "content": [
+                                    {"type": "text", "text": f"request {i}"},
+                                    {
+                                        "type": "input_audio",
+                                        "input_audio": {"data": wav_b64, "format": "wav"},
+                                    },
+                                ],
+                            }
+                        ],
+                        "max_tokens": max_tokens,
+                    },
+                )
+            elif k == "speech":
+                r = await client.post(
+                    f"{url}/v1/audio/speech",
+                    json={"input": f"request {i}", "voice": "alloy", "response_format": "pcm"},
+                )
+            else:
+                r = await client.post(
+                    f"{url}/v1/audio/transcriptions",
+                    files={"file": ("a.wav", wav, "audio/wav")},
+                    data={"model": "lfm2"},
+                )
+            return r.status_code, float(r.headers.get("retry-after", 1))
+        except Exception as e:  # transport errors and client timeouts are what we count as failures
+            return type(e).__name__, 0.0
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        t0 = time.perf_counter()
+        for tries in range(retry_429 + 1):
+            status, wait = await attempt(client, i)
+            if status != 429:
+                break
+            report.refused_attempts += 1
+            if tries < retry_429:
+                await asyncio.sleep(wait)
+        dt = time.perf_counter() - t0
+        if status == 200:
+            report.ok += 1
+            report.latencies_ok.append(dt)
+        elif status == 429:
+            report.refused += 1
+            report.latencies_refused.append(dt)
+        else:
+            report.errors += 1
+            report.error_kinds[str(status)] = report.error_kinds.get(str(status), 0) + 1
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for i in counter:
+            await one(client, i)
+
+    limits = httpx.Limits(max_connections=clients + 2)
+    async with httpx.AsyncClient(timeout=timeout, headers=headers, limits=limits) as client:
+        report.server_before = (await client.get(f"{url}/health")).json()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        report.wall_s = time.perf_counter() - t0
+        report.server_after = (await client.get(f"{url}/health")).json()
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lfm2_mlx.server_load", description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", default="http://127.0.0.1:8080")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--requests", type=int, default=32)
+    p.add_argument("--kind", choices=KINDS, default="chat")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--max-tokens", type=int, default=16, help="chat requests' max_tokens")
+    p.add_argument("--timeout", type=float, default=120.0, help="client timeout per request, seconds")
+    p.add_argument("--retry-429", type=int, default=0, help="retries after a 429, waiting Retry-After")
+    a = p.parse_args(argv)
+    try:
+        import httpx  # noqa: F401
+    except ImportError:
+        print("error: the load generator needs httpx: pip install httpx", file=sys.stderr)
+        return 1
+    try:
+        report = asyncio.run(
+            run_load(a.url, a.clients, a.requests, a.kind, a.api_key, a.max_tokens, a.timeout, a.retry_429)
+        )
+    except Exception as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.summary(), indent=2))
+    return 0 if report.errors == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,715 @@
+"""`lfm2-audio serve` as a real subprocess on 127.0.0.1, driven by real HTTP clients (httpx).
+
+Three servers, each on a free port picked by the OS (--port 0) with a tiny random checkpoint:
+  chat  core_chat, --max-queue 1, --max-body-mb 1: chat, transcription, queue bound, disconnects, limits
+  tts   core_tts, --api-key, --max-tokens 22: speech, auth, transcription formats
+  slow  core_chat, --timeout 2: the per-request timeout
+Every wait is bounded: client timeouts, polling loops with deadlines, subprocess kills on teardown.
+"""
+
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("python_multipart")
+httpx = pytest.importorskip("httpx")
+import checkpoints  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+from lfm2_mlx.chat import TEXT_END  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+T = 120  # client timeout (s): generous for a loaded 2-core CI box, but never unbounded
+
+
+class Server:
+    """`python -m lfm2_mlx.server` in a subprocess; its output goes to a log file."""
+
+    def __init__(self, checkpoint: Path, log: Path, *flags: str):
+        self.log = log
+        self.out = open(log, "wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("LFM2_AUDIO_API_KEY", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lfm2_mlx.server", "-m", str(checkpoint), "--port", "0", *flags],
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+        )
+        deadline = time.monotonic() + 180
+        self.url = None
+        while time.monotonic() < deadline and self.url is None:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.text()}")
+            m = re.search(r"at (http://127\.0\.0\.1:\d+)/v1", self.text())
+            self.url = m.group(1) if m else None
+            time.sleep(0.1)
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not come up:\n{self.text()}")
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/health", timeout=10).json()
+
+    def wait_idle(self, seconds: float = 20.0) -> dict:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            h = self.health()
+            if h["running"] == 0 and h["waiting"] == 0:
+                return h
+            time.sleep(0.1)
+        raise AssertionError(f"server still busy after {seconds} s: {self.health()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.out.close()
+
+
+def start(tmp_path_factory, name: str, *flags: str):
+    d = tmp_path_factory.mktemp(f"server_{name}")
+    ckpt = checkpoints.build_full("core_tts" if name == "tts" else "core_chat", d / "ckpt")
+    server = Server(ckpt, d / "server.log", *flags)
+    server.checkpoint = ckpt
+    return server
+
+
+def finish(server: Server) -> None:
+    server.stop()
+    log = server.text()
+    # Whatever the tests threw at it, no request escaped the per-request error handling.
+    assert "Traceback" not in log, log[-4000:]
+    assert "Exception in ASGI application" not in log, log[-4000:]
+
+
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory):
+    s = start(tmp_path_factory, "chat", "--max-queue", "1", "--max-body-mb", "1", "--timeout", "120")
+    yield s
+    finish(s)
+
+
+@pytest.fixture(scope="module")
+def tts_server(tmp_path_factory):
+    s = start(tmp_path_factory, "tts", "--api-key", KEY, "--max-tokens", "22")
+    yield s
+    finish(s)
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory):
+    s = start(tmp_path_factory, "slow", "--timeout", "3")
+    yield s
+    finish(s)
+
+
+def wav_bytes(seconds: float = 1.0, seed: int = 1, rate: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, checkpoints.clip(seconds, seed, rate), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def b64wav(seconds: float = 1.0, seed: int = 1) -> str:
+    return base64.b64encode(wav_bytes(seconds, seed)).decode()
+
+
+def audio_message(text=None, seconds=1.0, seed=1):
+    parts = [{"type": "text", "text": text}] if text else []
+    parts.append({"type": "input_audio", "input_audio": {"data": b64wav(seconds, seed), "format": "wav"}})
+    return {"role": "user", "content": parts}
+
+
+def sse_events(lines) -> list:
+    """The `data:` payloads of an SSE stream, JSON-decoded except `[DONE]`."""
+    out = []
+    for line in lines:
+        if line.startswith("data: "):
+            data = line[len("data: ") :]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def pcm_to_float(b: bytes) -> np.ndarray:
+    return np.frombuffer(b, dtype="<i2").astype(np.float32) / 32767.0
+
+
+def error_of(r) -> str:
+    body = r.json()
+    assert set(body) == {"error"} and isinstance(body["error"]["message"], str), body
+    return body["error"]["message"]
+
+
+# ---- the engine alone (no model, no HTTP) ------------------------------------------------------
+def test_engine_one_at_a_time_bounded_cancellable_and_survives_errors():
+    import threading
+
+    from lfm2_mlx.server_engine import Busy, Engine, JobTimeout, job_events
+
+    async def never_gone():
+        return False
+
+    threads, closed = set(), []
+
+    def counting(m, limit=None):
+        assert m == "the model"  # what the loader returned, on the worker thread
+        threads.add(threading.current_thread().name)
+        try:
+            for i in range(limit or 10**9):
+                time.sleep(0.005)
+                yield i
+        finally:
+            closed.append(i)  # the worker closes an abandoned generator
+
+    def failing(m):
+        yield 1
+        raise RuntimeError("boom")
+
+    async def main():
+        engine = Engine(lambda: "the model", max_queue=1)
+        engine.start()
+        a = engine.submit(counting, timeout=60, label="a")
+        b = engine.submit(lambda m: counting(m, 3), timeout=60, label="b")
+        with pytest.raises(Busy):
+            engine.submit(counting, timeout=60, label="c")
+        assert engine.stats.rejected == 1
+        events = job_events(engine, a, never_gone)
+        assert [await events.__anext__() for _ in range(5)] == [0, 1, 2, 3, 4]
+        # A waiting job that is abandoned gives its place back at once.
+        engine.abandon(b)
+        assert engine.waiting == 0
+        c = engine.submit(failing, timeout=60, label="c")
+        await events.aclose()  # the client of `a` goes away: `a` stops at its next step
+        with pytest.raises(RuntimeError, match="boom"):
+            [x async for x in job_events(engine, c, never_gone)]
+        d = engine.submit(lambda m: counting(m, 3), timeout=60, label="d")
+        assert [x async for x in job_events(engine, d, never_gone)] == [0, 1, 2]  # the worker survived
+        e = engine.submit(counting, timeout=0.3, label="e")
+        t0 = time.monotonic()
+        with pytest.raises(JobTimeout):
+            [x async for x in job_events(engine, e, never_gone)]
+        assert time.monotonic() - t0 < 5
+        for _ in range(200):  # bounded wait for the worker to close `e`
+            if len(closed) == 3:
+                break
+            await asyncio.sleep(0.01)
+        # Shutdown: the running job stops at its next step, the waiting one never runs.
+        f = engine.submit(counting, timeout=60, label="f")
+        first = job_events(engine, f, never_gone)
+        assert await first.__anext__() == 0
+        g = engine.submit(counting, timeout=60, label="g")
+        engine.close()
+        for events in (first, job_events(engine, g, never_gone)):
+            with pytest.raises(RuntimeError, match="shutting down"):
+                [x async for x in events]
+        return engine
+
+    engine = asyncio.run(asyncio.wait_for(main(), 60))
+    assert threads == {"lfm2-generation"}  # every generation ran on the one worker thread
+    assert len(closed) == 4 and closed[0] < 1000  # a, d, e and f ended; a soon after its client left
+    s = engine.stats
+    assert (s.accepted, s.rejected, s.completed, s.failed, s.cancelled) == (7, 1, 1, 1, 4)
+
+
+# ---- models, health, CLI ---------------------------------------------------------------------
+def test_models_lists_the_loaded_checkpoint(chat_server):
+    r = httpx.get(f"{chat_server.url}/v1/models", timeout=T)
+    assert r.status_code == 200
+    assert [m["id"] for m in r.json()["data"]] == ["ckpt"]
+    assert r.json()["object"] == "list"
+    h = chat_server.health()
+    assert h["status"] == "ok" and h["max_queue"] == 1
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from lfm2_mlx.server import run
+
+    assert run(["-m", str(tmp_path / "missing"), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error: model folder not found") and "Traceback" not in err
+    assert run(["--max-queue", "-1"]) == 2
+    assert "--max-queue must be >= 0" in capsys.readouterr().err
+
+
+def test_port_in_use_is_reported(chat_server, capsys):
+    from lfm2_mlx.server import run
+
+    port = chat_server.url.rsplit(":", 1)[1]
+    assert run(["-m", str(chat_server.checkpoint), "--port", port]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+# ---- transcription -----------------------------------------------------------------------------
+def test_transcription_formats_agree_with_the_library(tts_server):
+    import lfm2_mlx
+
+    url = f"{tts_server.url}/v1/audio/transcriptions"
+    files = {"file": ("clip.wav", wav_bytes(1.0, 1), "audio/wav")}
+    j = httpx.post(url, files=files, data={"model": "whatever"}, headers=AUTH, timeout=T)
+    assert j.status_code == 200, j.text
+    text = j.json()["text"]
+    # Same greedy decoding as the Python API, capped by the server's --max-tokens 22.
+    m = lfm2_mlx.load(tts_server.checkpoint)
+    assert text == m.transcribe(wav_bytes(1.0, 1), max_new_tokens=22)
+    assert text
+
+    t = httpx.post(url, files=files, data={"response_format": "text"}, headers=AUTH, timeout=T)
+    assert t.status_code == 200 and t.headers["content-type"].startswith("text/plain") and t.text == text
+    v = httpx.post(url, files=files, data={"response_format": "verbose_json"}, headers=AUTH, timeout=T).json()
+    assert v["text"] == text and v["duration"] == pytest.approx(1.0)
+    assert v["segments"][0]["end"] == pytest.approx(1.0) and len(v["segments"][0]["tokens"]) <= 22
+
+    with httpx.stream("POST", url, files=files, data={"stream": "true"}, headers=AUTH, timeout=T) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r.iter_lines())
+    deltas = [e["delta"] for e in events[:-1]]
+    assert all(e["type"] == "transcript.text.delta" for e in events[:-1]) and len(deltas) > 1
+    assert events[-1] == {"type": "transcript.text.done", "text": text}
+    assert "".join(deltas).strip() == text
+
+
+def test_transcription_bad_requests(chat_server):
+    url = f"{chat_server.url}/v1/audio/transcriptions"
+    cases = [
+        dict(data={"model": "x"}, files={"other": ("a.txt", b"hi")}),  # no 'file'
+        dict(files={"file": ("a.wav", b"")}),  # empty
+        dict(files={"file": ("a.txt", b"this is text, not audio" * 20, "text/plain")}),
+        dict(files={"file": ("a.wav", wav_bytes())}, data={"response_format": "srt"}),
+        dict(files={"file": ("a.wav", wav_bytes())}, data={"temperature": "hot"}),
+        dict(files={"file": ("a.wav", wav_bytes(0.005))}),  # too short for the mel front end (worker side)
+        dict(json={"file": "a.wav"}),  # not multipart
+    ]
+    for case in cases:
+        r = httpx.post(url, timeout=T, **case)
+        assert r.status_code == 400, (case, r.text)
+        error_of(r)
+    assert "srt" in error_of(
+        httpx.post(url, timeout=T, files={"file": ("a.wav", wav_bytes())}, data={"response_format": "srt"})
+    )
+
+
+# ---- speech ------------------------------------------------------------------------------------
+def test_speech_wav_pcm_and_streams_are_the_same_audio(tts_server):
+    url = f"{tts_server.url}/v1/audio/speech"
+    req = {"model": "tts-1", "input": "Hello there", "voice": "alloy", "seed": 7}
+
+    r = httpx.post(url, json=req, headers=AUTH, timeout=T)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+    wave, rate = sf.read(io.BytesIO(r.content), dtype="float32")
+    assert rate == 24000 and wave.ndim == 1 and len(wave) > 0
+
+    pcm = httpx.post(url, json={**req, "response_format": "pcm"}, headers=AUTH, timeout=T)
+    assert pcm.status_code == 200
+    np.testing.assert_allclose(pcm_to_float(pcm.content), wave, atol=1e-4)
+
+    chunks = []
+    with httpx.stream(
+        "POST", url, json={**req, "response_format": "pcm", "stream": True}, headers=AUTH, timeout=T
+    ) as s:
+        assert s.status_code == 200
+        chunks = list(s.iter_raw())
+    assert b"".join(chunks) == pcm.content
+
+    with httpx.stream("POST", url, json={**req, "stream_format": "audio"}, headers=AUTH, timeout=T) as s:
+        streamed_wav = s.read()
+    w2, r2 = sf.read(io.BytesIO(streamed_wav), dtype="float32")  # header of unknown length
+    assert r2 == 24000
+    np.testing.assert_allclose(w2, wave, atol=1e-4)
+
+    with httpx.stream("POST", url, json={**req, "stream_format": "sse"}, headers=AUTH, timeout=T) as s:
+        events = sse_events(s.iter_lines())
+    deltas = [e for e in events if e["type"] == "speech.audio.delta"]
+    assert events[-1]["type"] == "speech.audio.done" and len(deltas) > 1  # one event per decoded frame
+    assert b"".join(base64.b64decode(e["audio"]) for e in deltas) == pcm.content
+
+    # Another seed samples other frames: the seed really reaches the sampler.
+    other = httpx.post(url, json={**req, "seed": 8, "response_format": "pcm"}, headers=AUTH, timeout=T)
+    assert other.status_code == 200 and other.content != pcm.content
+
+
+def test_speech_voices_and_bad_requests(tts_server):
+    url = f"{tts_server.url}/v1/audio/speech"
+    for voice in ("US female", "uk_male", "onyx"):
+        r = httpx.post(
+            url, json={"input": "Hi", "voice": voice, "response_format": "pcm"}, headers=AUTH, timeout=T
+        )
+        assert r.status_code == 200, r.text
+    bad = [
+        {"input": "Hi", "voice": "darth"},
+        {"input": "   "},
+        {"voice": "alloy"},
+        {"input": "Hi", "response_format": "mp3"},
+        {"input": "Hi", "speed": 1.5},
+        {"input": "Hi", "stream_format": "chunks"},
+        {"input": "Hi", "response_format": "flac", "stream": True},
+        {"input": "x" * 5000},
+    ]
+    for body in bad:
+        r = httpx.post(url, json=body, headers=AUTH, timeout=T)
+        assert r.status_code == 400, (body, r.text)
+        error_of(r)
+    assert "unknown voice 'darth'" in error_of(httpx.post(url, json=bad[0], headers=AUTH, timeout=T))
+    for raw in (b"{not json", b"[1, 2]", b"\xff\xfe"):
+        r = httpx.post(url, content=raw, headers=AUTH, timeout=T)
+        assert r.status_code == 400 and "JSON" in error_of(r)
+
+
+def test_auth(tts_server):
+    url = f"{tts_server.url}/v1/models"
+    assert httpx.get(url, timeout=T).status_code == 401
+    r = httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=T)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "API key" in error_of(r)
+    # A refused upload is read away, so the client gets its 401 rather than a broken pipe.
+    r = httpx.post(f"{tts_server.url}/v1/audio/speech", content=b"x" * 300_000, timeout=T)
+    assert r.status_code == 401
+    assert httpx.get(url, headers=AUTH, timeout=T).status_code == 200
+    assert httpx.get(f"{tts_server.url}/health", timeout=T).status_code == 200  # no secrets there
+
+
+# ---- chat --------------------------------------------------------------------------------------
+def chat(server, body, headers=None):
+    return httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=T)
+
+
+def chat_stream(server, body, headers=None) -> list:
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True}, headers=headers, timeout=T
+    ) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        return sse_events(r.iter_lines())
+
+
+def test_chat_text_only_streamed_and_not(chat_server):
+    import lfm2_mlx
+
+    body = {
+        "model": "lfm2",
+        "messages": [{"role": "user", "content": "Hello there"}],
+        "max_tokens": 24,
+        "seed": 3,
+    }
+    r = chat(chat_server, body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    msg = out["choices"][0]["message"]
+    assert out["object"] == "chat.completion" and msg["role"] == "assistant" and "audio" not in msg
+    assert out["choices"][0]["finish_reason"] in ("stop", "length")
+    assert out["usage"]["completion_tokens"] <= 24
+
+    # The library's speech chat with the same seed (text greedy, audio frames sampled and fed back).
+    m = lfm2_mlx.load(chat_server.checkpoint)
+    ref = m.chat().send(text="Hello there", with_audio=False, max_new_tokens=24, seed=3).tokens
+    # Text-only replies end at <|text_end|> (what follows would be audio).
+    ref = ref[: ref.index(TEXT_END) + 1] if TEXT_END in ref else ref
+    ref_text = m.tokenizer.decode([t for t in ref if isinstance(t, int)], skip_special_tokens=True).strip()
+    assert msg["content"] == ref_text
+    assert out["usage"]["completion_tokens"] == len(ref)
+    assert out["choices"][0]["finish_reason"] == ("stop" if TEXT_END in ref else "length")
+
+    events = chat_stream(chat_server, {**body, "stream_options": {"include_usage": True}})
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text.strip() == msg["content"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == out["choices"][0]["finish_reason"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == out["usage"]
+
+
+def test_chat_audio_streamed_and_not(chat_server):
+    body = {
+        "messages": [{"role": "system", "content": "Be brief."}, audio_message("What is this?")],
+        "modalities": ["text", "audio"],
+        "audio": {"voice": "alloy", "format": "wav"},
+        "max_tokens": 30,
+        "seed": 5,
+    }
+    r = chat(chat_server, body)
+    assert r.status_code == 200, r.text
+    msg = r.json()["choices"][0]["message"]
+    wave, rate = sf.read(io.BytesIO(base64.b64decode(msg["audio"]["data"])), dtype="float32")
+    assert rate == 24000 and len(wave) > 0
+    assert msg["audio"]["transcript"] == msg["content"] and msg["audio"]["id"].startswith("audio_")
+    assert msg["audio"]["expires_at"] > time.time()
+
+    events = chat_stream(chat_server, body)
+    assert events[-1] == "[DONE]"
+    deltas = [e["choices"][0]["delta"] for e in events[:-1]]
+    pcm = b"".join(base64.b64decode(d["audio"]["data"]) for d in deltas if "data" in d.get("audio", {}))
+    assert sum("data" in d.get("audio", {}) for d in deltas) > 1  # audio arrives frame by frame
+    np.testing.assert_allclose(pcm_to_float(pcm), wave, atol=1e-4)
+    text = "".join(d.get("content", "") for d in deltas)
+    assert text.strip() == msg["content"]
+    last_audio = [d["audio"] for d in deltas if "audio" in d][-1]
+    assert last_audio["transcript"] == msg["content"] and "expires_at" in last_audio
+
+    pcm16 = chat(chat_server, {**body, "audio": {"format": "pcm16"}}).json()["choices"][0]["message"]["audio"]
+    np.testing.assert_allclose(pcm_to_float(base64.b64decode(pcm16["data"])), wave, atol=1e-4)
+
+
+def test_chat_history_carries_assistant_audio_by_id(chat_server):
+    from lfm2_mlx.chat import Tokenizer
+
+    first = {"messages": [audio_message()], "modalities": ["text", "audio"], "max_tokens": 20, "seed": 4}
+    out = chat(chat_server, first).json()
+    msg, steps = out["choices"][0]["message"], out["usage"]["completion_tokens"]
+    assert msg["content"] and steps == 20  # seed 4: some text, and frames among the 20 steps
+    follow = {"role": "user", "content": "and then?"}
+
+    def prompt_tokens(assistant):
+        r = chat(chat_server, {**first, "messages": [audio_message(), assistant, follow], "max_tokens": 1})
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["prompt_tokens"]
+
+    with_audio = prompt_tokens({"role": "assistant", "audio": {"id": msg["audio"]["id"]}})
+    as_text = prompt_tokens({"role": "assistant", "content": msg["content"]})
+    # By id, the turn is every generated step (text tokens and audio frames) as the model made them.
+    text_ids = Tokenizer(chat_server.checkpoint / "tokenizer.json").encode(msg["content"])
+    assert with_audio - as_text == steps - len(text_ids)
+
+    # An id this server never issued: its text stands in if there is any, else 400.
+    assert (
+        prompt_tokens({"role": "assistant", "audio": {"id": "audio_nope"}, "content": msg["content"]})
+        == as_text
+    )
+    r = chat(
+        chat_server,
+        {**first, "messages": [audio_message(), {"role": "assistant", "audio": {"id": "x"}}, follow]},
+    )
+    assert r.status_code == 400 and "unknown or expired" in error_of(r)
+
+
+def test_chat_bad_requests(chat_server):
+    def msgs(*m):
+        return {"messages": list(m), "max_tokens": 4}
+
+    part = {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}
+    bad = [
+        ({}, "messages"),
+        (msgs(), "messages"),
+        (msgs({"role": "user", "content": [{**part, "input_audio": {"data": "@@not base64@@"}}]}), "base64"),
+        (
+            msgs(
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            **part,
+                            "input_audio": {
+                                "data": base64.b64encode(b"RIFF....not a wav file" * 30).decode()
+                            },
+                        }
+                    ],
+                }
+            ),
+            "cannot read",
+        ),
+        (msgs({"role": "user", "content": [{**part, "input_audio": {"data": b64wav(0.01)}}]}), "too short"),
+        (msgs({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}), "image_url"),
+        (msgs({"role": "user", "content": []}), "needs text or audio"),
+        (msgs({"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}), "last message"),
+        (msgs({"role": "tool", "content": "hi"}), "role 'tool'"),
+        ({**msgs({"role": "user", "content": "hi"}), "modalities": ["audio"]}, "modalities"),
+        ({**msgs({"role": "user", "content": "hi"}), "audio": {"format": "mp3"}}, "audio.format"),
+        ({**msgs({"role": "user", "content": "hi"}), "n": 2}, "n=1"),
+        ({**msgs({"role": "user", "content": "hi"}), "max_tokens": 0}, "max_tokens"),
+        ({**msgs({"role": "user", "content": "hi"}), "temperature": "warm"}, "temperature"),
+        ({**msgs({"role": "user", "content": "hi"}), "seed": -1}, "seed must be >= 0"),
+    ]
+    for body, words in bad:
+        r = chat(chat_server, body)
+        assert r.status_code == 400, (body, r.text)
+        assert words in error_of(r), (words, error_of(r))
+    for raw in (b"", b"{", b"null", b'"text"'):
+        r = httpx.post(f"{chat_server.url}/v1/chat/completions", content=raw, timeout=T)
+        assert r.status_code == 400 and "JSON" in error_of(r)
+    r = httpx.get(f"{chat_server.url}/v1/nothing", timeout=T)
+    assert r.status_code == 404 and error_of(r) == "Not Found"
+    assert httpx.get(f"{chat_server.url}/v1/chat/completions", timeout=T).status_code == 405
+    # ... and the server still answers.
+    assert chat(chat_server, msgs({"role": "user", "content": "hi"})).status_code == 200
+
+
+def test_body_size_limit(chat_server):
+    url = f"{chat_server.url}/v1/chat/completions"
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * (1024 * 1024 + 10)}]}).encode()
+    r = httpx.post(url, content=big, timeout=T)  # with Content-Length
+    assert r.status_code == 413 and "1 MB" in error_of(r)
+
+    def chunked():  # no Content-Length: counted as it arrives
+        for _ in range(12):
+            yield b" " * (128 * 1024)
+
+    r = httpx.post(url, content=chunked(), timeout=T)
+    assert r.status_code == 413 and "--max-body-mb" in error_of(r)
+    r = httpx.post(
+        f"{chat_server.url}/v1/audio/transcriptions", files={"file": ("a.wav", b"\0" * 1_200_000)}, timeout=T
+    )
+    assert r.status_code == 413
+    ok = httpx.post(url, json={"messages": [audio_message(seconds=2.0)], "max_tokens": 2}, timeout=T)
+    assert ok.status_code == 200, ok.text
+
+
+# ---- concurrency, disconnects, timeouts ---------------------------------------------------------
+def test_clients_beyond_the_queue_get_429_and_none_hang(chat_server):
+    chat_server.wait_idle()
+    before = chat_server.health()
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 20,
+        "modalities": ["text", "audio"],
+    }
+
+    async def one(client):
+        t0 = time.perf_counter()
+        r = await client.post(f"{chat_server.url}/v1/chat/completions", json=body)
+        return r.status_code, time.perf_counter() - t0, r
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=T) as client:
+            return await asyncio.gather(*(one(client) for _ in range(6)))
+
+    results = asyncio.run(asyncio.wait_for(burst(), 3 * T))
+    codes = sorted(c for c, _, _ in results)
+    # One runs, one waits (--max-queue 1); the others are refused at once.
+    assert set(codes) <= {200, 429} and codes.count(200) >= 2 and codes.count(429) >= 1, codes
+    for code, dt, r in results:
+        if code == 429:
+            assert r.headers["retry-after"] == "1" and "busy" in error_of(r) and dt < 10
+    after = chat_server.wait_idle()
+    assert after["rejected"] - before["rejected"] == codes.count(429)
+    assert after["completed"] - before["completed"] == codes.count(200)
+    assert chat(chat_server, {**body, "max_tokens": 2}).status_code == 200
+
+
+def test_disconnect_mid_stream_frees_the_slot(chat_server):
+    chat_server.wait_idle()
+    before = chat_server.health()
+    long = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 1500,
+        "seed": 1,  # this seed does not end the reply by itself within 1500 steps (checked)
+        "modalities": ["text", "audio"],
+        "stream": True,
+    }
+    with httpx.Client(timeout=T) as client:
+        with client.stream("POST", f"{chat_server.url}/v1/chat/completions", json=long) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()  # kept open: leaving a loop over it would close the connection
+            seen = 0
+            while seen < 4:
+                seen += next(lines).startswith("data: ")
+            assert chat_server.health()["running"] == 1
+            # A queued client that gives up (client-side timeout) leaves the line too.
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(
+                    f"{chat_server.url}/v1/chat/completions", json={**long, "stream": False}, timeout=1.0
+                )
+            deadline = time.monotonic() + 20
+            while chat_server.health()["waiting"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert chat_server.health()["waiting"] == 0 and chat_server.health()["running"] == 1
+    # The stream's connection is closed: the generation stops at its next step.
+    after = chat_server.wait_idle(20)
+    assert after["cancelled"] - before["cancelled"] == 2
+    t0 = time.perf_counter()
+    r = chat(chat_server, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert r.status_code == 200 and time.perf_counter() - t0 < 30
+    assert "chat stopped after" in chat_server.text() and "(client gone" in chat_server.text()
+
+
+def test_timeout_gives_504_or_ends_the_stream(slow_server):
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 1500,
+        "seed": 1,  # no natural end within 1500 steps, which take far longer than --timeout 3
+        "modalities": ["text", "audio"],
+    }
+    t0 = time.perf_counter()
+    r = chat(slow_server, body)
+    assert r.status_code == 504 and "--timeout" in error_of(r) and time.perf_counter() - t0 < 30
+    events = chat_stream(slow_server, body)
+    assert "[DONE]" not in events and events[-1]["error"]["code"] == "timeout"
+    assert any("content" in e["choices"][0]["delta"] for e in events[:-1] if "choices" in e)
+    slow_server.wait_idle(20)
+    assert chat(slow_server, {**body, "max_tokens": 2}).status_code == 200
+
+
+# ---- clients and load --------------------------------------------------------------------------
+def test_openai_python_client(tts_server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{tts_server.url}/v1", api_key=KEY, max_retries=0, timeout=T)
+    assert [m.id for m in client.models.list()] == ["ckpt"]
+    text = client.audio.transcriptions.create(
+        model="lfm2", file=("a.wav", wav_bytes()), response_format="text"
+    )
+    assert isinstance(text, str) and text
+    assert client.audio.transcriptions.create(model="lfm2", file=("a.wav", wav_bytes())).text == text
+    audio = client.audio.speech.create(model="lfm2", voice="nova", input="Hello there", response_format="pcm")
+    assert len(audio.read()) > 0
+    out = client.chat.completions.create(
+        model="lfm2",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
+        messages=[audio_message()],
+        max_tokens=8,
+    )
+    assert out.choices[0].message.audio.data and out.choices[0].message.audio.transcript is not None
+    stream = client.chat.completions.create(
+        model="lfm2", messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True
+    )
+    assert len(list(stream)) >= 2
+    bad = openai.OpenAI(base_url=f"{tts_server.url}/v1", api_key="nope", max_retries=0, timeout=T)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_load_report(tts_server, capsys):
+    from lfm2_mlx.server_load import run_load
+
+    tts_server.wait_idle()
+    report = asyncio.run(
+        asyncio.wait_for(
+            run_load(
+                tts_server.url, clients=8, requests=12, kind="mixed", api_key=KEY, max_tokens=8, timeout=T
+            ),
+            6 * T,
+        )
+    )
+    s = report.summary()
+    with capsys.disabled():
+        print("\nserver load (core_tts, --max-queue 4, --max-tokens 22):", json.dumps(s))
+    assert s["errors"] == 0, s
+    assert s["ok"] + s["refused_429"] == 12 and s["ok"] >= 5 and s["refused_429"] >= 1
+    # The client's tally and the server's agree.
+    assert s["server"]["accepted"] == s["ok"] and s["server"]["rejected"] == s["attempts_refused_429"]
+    assert s["server"]["failed"] == 0
