@@ -196,6 +196,8 @@ def generate(
         policy = Interleaved(model.config.interleaved_n_text, model.config.interleaved_n_audio)
     else:
         raise ValueError(f"mode must be 'sequential' or 'interleaved', got {mode!r}")
+    if max_new_tokens <= 0:
+        return
     if seed is not None:
         mx.random.seed(seed)
     heads = {
@@ -210,20 +212,15 @@ def generate(
         prompt_cache.layers, prompt_cache.positions = None, []
     dcache = decoder.make_cache() if decoder is not None else None
 
-    def head(h: mx.array, modality: Modality) -> mx.array:
-        return heads[modality](h)
-
     def feed(tok: mx.array, modality: Modality) -> mx.array:
         emb = model.embed_text(tok) if modality == Modality.TEXT else model.embed_frames(tok)
         return model(emb[:, None], cache)[:, -1]
 
     state = policy.initial()
-    if max_new_tokens <= 0:
-        return
     h = prefill(model, model.embed_chat(chat, start), cache)
     if prompt_cache is not None:
         prompt_cache.layers, prompt_cache.positions = cache, fed
-    tok = head(h, state.modality)
+    tok = heads[state.modality](h)
     mx.async_eval(tok)
     for n in range(max_new_tokens):
         modality = state.modality
@@ -231,7 +228,7 @@ def generate(
         if ahead:
             predicted = policy.step(state, ORDINARY[modality])[0].modality
             h = feed(tok, modality)
-            tok_next = head(h, predicted)
+            tok_next = heads[predicted](h)
             mx.async_eval(tok_next)
         value = to_host(tok)[0]
         if ahead:  # `tok` is in the backbone cache now: say so before anything is yielded
@@ -255,7 +252,7 @@ def generate(
         if stop or not ahead:
             break
         if state.modality != predicted:
-            tok_next = head(h, state.modality)
+            tok_next = heads[state.modality](h)
             mx.async_eval(tok_next)
         tok = tok_next
     if decoder is not None:
