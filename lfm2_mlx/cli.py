@@ -945,6 +945,10 @@ def _run(argv: list[str]) -> int:
         parser = build_llama_parser()
         args, extra = parser.parse_known_args(argv)
         stray = [a for a in extra if a in COMMANDS]
+        if stray and stray[0] != "convert":
+            # `lfm2-audio -m DIR transcribe x.wav`: shared flags before the command are fine.
+            i = argv.index(stray[0])
+            return _run([argv[i], *argv[:i], *argv[i + 1 :]])
         if stray:
             parser.error(f"put the command first: {PROG} {stray[0]} [options]")
         if extra:
