@@ -42,20 +42,7 @@ FORMAT_VERSION = 1
 sys.path.insert(0, str(ROOT / "tests"))
 import checkpoints  # noqa: E402  (tests/checkpoints.py: random tensors, bf16 store, tokenizer)
 
-PREPROCESSOR = {
-    "sample_rate": 16000,
-    "normalize": "per_feature",
-    "window_size": 0.025,
-    "window_stride": 0.01,
-    "window": "hann",
-    "features": 128,
-    "n_fft": 512,
-    "log": True,
-    "frame_splicing": 1,
-    "dither": 1e-05,
-    "pad_to": 0,
-    "pad_value": 0.0,
-}
+PREPROCESSOR = checkpoints.PREPROCESSOR
 
 
 def _encoder(n_layers: int, d_model: int, n_heads: int, channels: int) -> dict:

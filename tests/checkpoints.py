@@ -21,6 +21,13 @@ from pathlib import Path
 import numpy as np
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# config.json "preprocessor" of LiquidAI/LFM2-Audio-1.5B and LFM2.5-Audio-1.5B (NeMo front end).
+PREPROCESSOR = {
+    "sample_rate": 16000, "normalize": "per_feature", "window_size": 0.025, "window_stride": 0.01,
+    "window": "hann", "features": 128, "n_fft": 512, "log": True, "frame_splicing": 1, "dither": 1e-05,
+    "pad_to": 0, "pad_value": 0.0,
+}
 TOKENIZER_DIR = FIXTURES / "tokenizer"
 
 

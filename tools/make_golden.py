@@ -35,11 +35,7 @@ SEED = 20261122
 AUDIO_START, IM_END, TEXT_END, EOA = 128, 7, 130, 2048
 DERIVED_BUFFERS = ("codebook_offsets", "audio_loss_weights")
 
-PREPROCESSOR = {
-    "sample_rate": 16000, "normalize": "per_feature", "window_size": 0.025, "window_stride": 0.01,
-    "window": "hann", "features": 128, "n_fft": 512, "log": True, "frame_splicing": 1, "dither": 1e-05,
-    "pad_to": 0, "pad_value": 0.0,
-}
+PREPROCESSOR = checkpoints.PREPROCESSOR
 ENCODER = {
     "feat_in": 128, "feat_out": -1, "n_layers": 2, "d_model": 64, "subsampling": "dw_striding",
     "subsampling_factor": 8, "subsampling_conv_channels": 32, "causal_downsampling": False,

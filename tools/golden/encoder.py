@@ -17,6 +17,7 @@ Writes into --out:
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
@@ -29,24 +30,13 @@ from liquid_audio.model.conformer.processor import AudioToMelSpectrogramPreproce
 from liquid_audio.processor import ChatState, LFM2AudioProcessor, PreprocessorConfig
 from safetensors.torch import save_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+import checkpoints  # noqa: E402  (numpy only: the real preprocessor config)
+
 SEED = 20240611
 SR = 16_000
 
-# config.json "preprocessor" of LiquidAI/LFM2-Audio-1.5B and LFM2.5-Audio-1.5B.
-PREPROCESSOR = {
-    "sample_rate": 16000,
-    "normalize": "per_feature",
-    "window_size": 0.025,
-    "window_stride": 0.01,
-    "window": "hann",
-    "features": 128,
-    "n_fft": 512,
-    "log": True,
-    "frame_splicing": 1,
-    "dither": 1e-05,
-    "pad_to": 0,
-    "pad_value": 0.0,
-}
+PREPROCESSOR = checkpoints.PREPROCESSOR
 
 # The real encoder section with the sizes shrunk (real: n_layers 17, d_model 512, n_heads 8,
 # subsampling_conv_channels 256); every structural choice is kept.
