@@ -45,34 +45,6 @@ import checkpoints  # noqa: E402  (tests/checkpoints.py: random tensors, bf16 st
 PREPROCESSOR = checkpoints.PREPROCESSOR
 
 
-def _encoder(n_layers: int, d_model: int, n_heads: int, channels: int) -> dict:
-    return {
-        "feat_in": 128,
-        "feat_out": -1,
-        "n_layers": n_layers,
-        "d_model": d_model,
-        "subsampling": "dw_striding",
-        "subsampling_factor": 8,
-        "subsampling_conv_channels": channels,
-        "causal_downsampling": False,
-        "reduction": None,
-        "reduction_position": None,
-        "reduction_factor": 1,
-        "ff_expansion_factor": 4,
-        "self_attention_model": "rel_pos",
-        "n_heads": n_heads,
-        "att_context_size": [-1, -1],
-        "xscaling": False,
-        "untie_biases": True,
-        "pos_emb_max_len": 5000,
-        "conv_kernel_size": 9,
-        "conv_norm_type": "batch_norm",
-        "conv_context_size": None,
-        "dropout": 0.1,
-        "dropout_pre_encoder": 0.1,
-        "dropout_emb": 0.0,
-        "dropout_att": 0.1,
-    }
 
 
 # LFM2-1.2B: attention at layers 2, 5, 8, 10, 12, 14; convolution elsewhere.
@@ -125,11 +97,11 @@ def _config(encoder: dict, lfm: dict, depth_dim: int) -> dict:
 
 CONFIGS = {
     # FFN: intermediate 12288 -> int(2 * 12288 / 3) = 8192 after auto-adjust, as LFM2-1.2B.
-    "full": _config(_encoder(17, 512, 8, 256), _lfm(2048, 12288), 1024),
+    "full": _config(checkpoints.encoder_config(17, 512, 8, 256), _lfm(2048, 12288), 1024),
     # Same layer counts and head counts; widths (and the text vocabulary: 512 covers the test
     # tokenizer) cut so that arithmetic and weight traffic are negligible. The depthformer's 32 heads
     # need dim 128 for head_dim 4 (RoPE needs an even head_dim).
-    "overhead": _config(_encoder(17, 64, 8, 32), _lfm(128, 384, vocab=512), 128),
+    "overhead": _config(checkpoints.encoder_config(17, 64, 8, 32), _lfm(128, 384, vocab=512), 128),
 }
 
 # The real audio_detokenizer/config.json layout (llama.cpp-style LFM2 config): 8 layers of 512,

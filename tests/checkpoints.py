@@ -31,6 +31,38 @@ PREPROCESSOR = {
 TOKENIZER_DIR = FIXTURES / "tokenizer"
 
 
+def encoder_config(n_layers: int, d_model: int, n_heads: int, channels: int) -> dict:
+    """A FastConformer `encoder` config section with the real structure (dw_striding x8, rel-pos
+    attention, kernel 9, batch norm) at the given sizes."""
+    return {
+        "feat_in": 128,
+        "feat_out": -1,
+        "n_layers": n_layers,
+        "d_model": d_model,
+        "subsampling": "dw_striding",
+        "subsampling_factor": 8,
+        "subsampling_conv_channels": channels,
+        "causal_downsampling": False,
+        "reduction": None,
+        "reduction_position": None,
+        "reduction_factor": 1,
+        "ff_expansion_factor": 4,
+        "self_attention_model": "rel_pos",
+        "n_heads": n_heads,
+        "att_context_size": [-1, -1],
+        "xscaling": False,
+        "untie_biases": True,
+        "pos_emb_max_len": 5000,
+        "conv_kernel_size": 9,
+        "conv_norm_type": "batch_norm",
+        "conv_context_size": None,
+        "dropout": 0.1,
+        "dropout_pre_encoder": 0.1,
+        "dropout_emb": 0.0,
+        "dropout_att": 0.1,
+    }
+
+
 def _kind(name: str, shape: tuple) -> str:
     leaf = name.rsplit(".", 1)[-1]
     if leaf == "running_var":

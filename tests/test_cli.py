@@ -519,6 +519,8 @@ def test_transcribe_text_files_in_output_dir(capsys, wavs, full, tmp_path):
 def test_convert_is_delegated(capsys, monkeypatch):
     import types
 
+    import lfm2_mlx.convert  # noqa: F401  (the real one, so that monkeypatch restores it)
+
     seen = []
     fake = types.ModuleType("lfm2_mlx.convert")
     fake.main = lambda argv: seen.append(argv) or 0

@@ -36,15 +36,7 @@ AUDIO_START, IM_END, TEXT_END, EOA = 128, 7, 130, 2048
 DERIVED_BUFFERS = ("codebook_offsets", "audio_loss_weights")
 
 PREPROCESSOR = checkpoints.PREPROCESSOR
-ENCODER = {
-    "feat_in": 128, "feat_out": -1, "n_layers": 2, "d_model": 64, "subsampling": "dw_striding",
-    "subsampling_factor": 8, "subsampling_conv_channels": 32, "causal_downsampling": False,
-    "reduction": None, "reduction_position": None, "reduction_factor": 1, "ff_expansion_factor": 4,
-    "self_attention_model": "rel_pos", "n_heads": 4, "att_context_size": [-1, -1], "xscaling": False,
-    "untie_biases": True, "pos_emb_max_len": 5000, "conv_kernel_size": 9, "conv_norm_type": "batch_norm",
-    "conv_context_size": None, "dropout": 0.1, "dropout_pre_encoder": 0.1, "dropout_emb": 0.0,
-    "dropout_att": 0.1,
-}
+ENCODER = checkpoints.encoder_config(n_layers=2, d_model=64, n_heads=4, channels=32)
 LFM = {
     "model_type": "lfm2", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 192,
     "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2,

@@ -40,33 +40,7 @@ PREPROCESSOR = checkpoints.PREPROCESSOR
 
 # The real encoder section with the sizes shrunk (real: n_layers 17, d_model 512, n_heads 8,
 # subsampling_conv_channels 256); every structural choice is kept.
-ENCODER = {
-    "feat_in": 128,
-    "feat_out": -1,
-    "n_layers": 2,
-    "d_model": 64,
-    "subsampling": "dw_striding",
-    "subsampling_factor": 8,
-    "subsampling_conv_channels": 32,
-    "causal_downsampling": False,
-    "reduction": None,
-    "reduction_position": None,
-    "reduction_factor": 1,
-    "ff_expansion_factor": 4,
-    "self_attention_model": "rel_pos",
-    "n_heads": 4,
-    "att_context_size": [-1, -1],
-    "xscaling": False,
-    "untie_biases": True,
-    "pos_emb_max_len": 5000,
-    "conv_kernel_size": 9,
-    "conv_norm_type": "batch_norm",
-    "conv_context_size": None,
-    "dropout": 0.1,
-    "dropout_pre_encoder": 0.1,
-    "dropout_emb": 0.0,
-    "dropout_att": 0.1,
-}
+ENCODER = checkpoints.encoder_config(n_layers=2, d_model=64, n_heads=4, channels=32)
 
 
 def make_clips(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
