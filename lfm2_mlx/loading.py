@@ -13,7 +13,6 @@ import mlx.core as mx
 
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 DETOKENIZER_DIR = "audio_detokenizer"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 # Written into config.json by the converter; its presence marks the MLX layout.
 MLX_KEY = "lfm2_mlx"
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
