@@ -1,15 +1,30 @@
 """LFM2-Audio (ASR, TTS, speech chat) on Apple Silicon with MLX.
 
-    import lfm2_mlx
-    model = lfm2_mlx.load("LiquidAI/LFM2.5-Audio-1.5B")
+import lfm2_mlx
+model = lfm2_mlx.load("LiquidAI/LFM2.5-Audio-1.5B")
 """
 
 __version__ = "0.1.0"
-__all__ = ["load", "LFM2Audio", "ChatSession", "Reply", "ReplyChunk", "ChatState", "Modality", "GenerationStep"]
+__all__ = [
+    "ChatSession",
+    "ChatState",
+    "GenerationStep",
+    "LFM2Audio",
+    "Modality",
+    "Reply",
+    "ReplyChunk",
+    "load",
+]
 
 _EXPORTS = {
-    "load": "api", "LFM2Audio": "api", "ChatSession": "api", "Reply": "api", "ReplyChunk": "api",
-    "ChatState": "chat", "Modality": "chat", "GenerationStep": "generate",
+    "load": "api",
+    "LFM2Audio": "api",
+    "ChatSession": "session",
+    "Reply": "session",
+    "ReplyChunk": "session",
+    "ChatState": "chat",
+    "Modality": "chat",
+    "GenerationStep": "generate",
 }
 
 

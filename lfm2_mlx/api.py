@@ -2,92 +2,63 @@
 
     import lfm2_mlx
     model = lfm2_mlx.load("LiquidAI/LFM2.5-Audio-1.5B")
-    text = model.transcribe("meeting.wav")
-    wave = model.speak("Hello!", voice="UK female")          # float32, 24 kHz
+    text = model.transcribe("meeting.wav")                    # any length
+    wave = model.speak("Hello!", voice="UK female")           # float32, 24 kHz; long text is split
     session = model.chat()
     reply = session.send(audio="question.wav")                # reply.text, reply.audio
+
+Every behaviour of the surfaces lives here: long-form transcription and the silence policy
+(`lfm2_mlx.transcribe`), sentence splitting of long TTS text and the no-audio policy, prompt and
+voice selection per checkpoint and language (`lfm2_mlx.recipes`). The CLI and the server call
+these methods with their flags / request fields as keyword arguments.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
 
-from .audio_io import AudioInput, read_audio
-from .chat import (
-    ASR_PROMPT,
-    AUDIO_EOS,
+from .audio_io import SAMPLE_RATE_IN, SAMPLE_RATE_OUT, AudioInput, open_audio, read_audio
+from .chat import AUDIO_EOS, ChatState, Modality, Tokenizer
+from .errors import AudioTooLongError, CheckpointError, InputError, NoAudioError
+from .generate import GenerationStep, generate
+from .loading import DETOKENIZER_DIR, DTYPES, MIMI_FILE, load_model, resolve
+from .models.lfm2_audio import Model
+from .recipes import (
     CHAT_PROMPT,
-    CHAT_SAMPLING,
+    CHUNK_LENGTH_S,
+    DEFAULT_MODEL,
+    MAX_NEW_TOKENS,
+    OVERLAP_S,
+    TTS_MAX_CHARS,
     TTS_SAMPLING,
     VOICES,
-    ChatState,
-    Modality,
-    Tokenizer,
+    asr_prompt,
+    checkpoint_languages,
+    tts_prompt,
 )
-from .generate import GenerationStep, PromptCache, generate
-from .loading import DETOKENIZER_DIR, DTYPES, MIMI_FILE, CheckpointError, load_model, resolve
-from .model import Model
+from .session import ChatSession, Reply, ReplyChunk
+from .text import TextStream, split_sentences
+from .transcribe import ModelTranscriber, Segment, check_not_silent, transcribe_iter
+from .transcribe.driver import peak
 
-SAMPLE_RATE = 24000
-
-
-class TextStream:
-    """Incremental detokenization: the new text each token adds, holding back a partial UTF-8
-    character until it completes. Special tokens are dropped."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.emitted = 0
-
-    def add(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return ""
-        piece, self.emitted = text[self.emitted :], len(text)
-        return piece
-
-    def flush(self) -> str:
-        """Whatever is still held back (an incomplete character at the very end)."""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        piece, self.emitted = text[self.emitted :], len(text)
-        return piece
-
-
-@dataclass
-class Reply:
-    """One assistant turn: its text, its audio (float32, 24 kHz, empty if none) and every
-    generated step in order (ints for text tokens, 8-code lists for frames, EOAudio included)."""
-
-    text: str
-    audio: np.ndarray
-    tokens: list = field(default_factory=list)
-    sample_rate: int = SAMPLE_RATE
-
-
-@dataclass
-class ReplyChunk:
-    """A streamed piece of a reply: new text, new audio, or both empty at a frame boundary."""
-
-    text: str = ""
-    audio: Optional[np.ndarray] = None
-    step: Optional[GenerationStep] = None
+SAMPLE_RATE = SAMPLE_RATE_OUT  # of every audio the API returns
 
 
 class LFM2Audio:
-    """A loaded checkpoint: the model, its tokenizer and its audio decoders."""
+    """A loaded checkpoint: the model, its tokenizer, its audio decoders and its languages."""
 
-    def __init__(self, model: Model, tokenizer: Tokenizer, path: Path, config: dict):
+    def __init__(self, model: Model, tokenizer: Tokenizer, path: Path, config: dict, source: str = ""):
         self.model = model
         self.tokenizer = tokenizer
         self.path = path
         self.config = config
+        # The languages its prompts can ask for, the default first (see recipes.checkpoint_languages).
+        self.languages = checkpoint_languages(path, source)
         self._decoders: dict[str, Any] = {}
 
     @property
@@ -99,29 +70,67 @@ class LFM2Audio:
         """LFM2.5 checkpoints ship the LFM2-based detokenizer (and name their TTS voices)."""
         return (self.path / DETOKENIZER_DIR).is_dir()
 
+    @property
+    def language(self) -> str:
+        """The default language of the prompts ("ja" for LFM2.5-Audio-1.5B-JP, else "en")."""
+        return self.languages[0]
+
+    # ---- recipes ---------------------------------------------------------------------------
+    def check_language(self, language: str | None) -> str:
+        """`language` (default: the checkpoint's), or an `InputError` naming what it supports."""
+        if language is None:
+            return self.language
+        if language not in self.languages:
+            raise InputError(
+                f"language {language!r} is not supported by this checkpoint; it supports: "
+                + ", ".join(self.languages)
+            )
+        return language
+
+    def asr_prompt(self, language: str | None = None) -> str:
+        return asr_prompt(self.check_language(language))
+
+    def tts_prompt(
+        self, voice: str | None = None, voice_description: str | None = None, language: str | None = None
+    ) -> str:
+        """The TTS system prompt for this checkpoint: a named voice (LFM2.5, default "US female"
+        in English), a free-text description (LFM2-Audio), in the checkpoint's language."""
+        return tts_prompt(
+            voice,
+            voice_description,
+            named_voices=self.has_detokenizer,
+            language=self.check_language(language),
+        )
+
     # ---- audio out -------------------------------------------------------------------------
-    def audio_decoder(self, kind: Optional[str] = None):
+    def audio_decoder(self, kind: str | None = None):
         """The codes -> 24 kHz decoder: "detokenizer" (LFM2.5 default) or "mimi" (LFM2 default)."""
         kind = kind or ("detokenizer" if self.has_detokenizer else "mimi")
+        if kind not in ("detokenizer", "mimi"):
+            raise InputError(f"decoder must be 'detokenizer' or 'mimi', got {kind!r}")
         if kind not in self._decoders:
-            if kind == "detokenizer":
-                if not self.has_detokenizer:
-                    raise CheckpointError(f"{self.path} has no {DETOKENIZER_DIR}/ (an LFM2.5 checkpoint has)")
-                from .detokenizer import load_detokenizer
+            where = self.path / (DETOKENIZER_DIR if kind == "detokenizer" else MIMI_FILE)
+            if not where.exists():
+                hint = "/ (an LFM2.5 checkpoint has)" if kind == "detokenizer" else ""
+                raise CheckpointError(f"{self.path} has no {where.name}{hint}")
+            try:
+                if kind == "detokenizer":
+                    from .decoders.detokenizer import load_detokenizer
 
-                self._decoders[kind] = load_detokenizer(self.path / DETOKENIZER_DIR)
-            elif kind == "mimi":
-                if not (self.path / MIMI_FILE).is_file():
-                    raise CheckpointError(f"{self.path} has no {MIMI_FILE}")
-                from .mimi import load_mimi
+                    self._decoders[kind] = load_detokenizer(where)
+                else:
+                    from .decoders.mimi import load_mimi
 
-                self._decoders[kind] = load_mimi(self.path / MIMI_FILE)
-            else:
-                raise ValueError(f"decoder must be 'detokenizer' or 'mimi', got {kind!r}")
+                    self._decoders[kind] = load_mimi(where)
+            except ValueError as e:  # strict loading names the mismatching tensor or config key
+                raise CheckpointError(f"{where}: {e}") from None
         return self._decoders[kind]
 
+    def _decoder(self, decoder: str | Any | None):
+        return self.audio_decoder(decoder) if decoder is None or isinstance(decoder, str) else decoder
+
     # ---- conversations ---------------------------------------------------------------------
-    def new_chat(self, system: Optional[str] = None) -> ChatState:
+    def new_chat(self, system: str | None = None) -> ChatState:
         """An empty conversation, with a system turn if `system` is given."""
         chat = ChatState(self.tokenizer, self.preprocessor, self.model.config.codebooks)
         if system is not None:
@@ -130,14 +139,29 @@ class LFM2Audio:
             chat.end_turn()
         return chat
 
-    def user_turn(self, chat: ChatState, text: Optional[str] = None, audio: Optional[AudioInput] = None,
-                  sample_rate: Optional[int] = None) -> ChatState:
-        """Append a user turn (text and/or one audio clip) and open the assistant's turn."""
+    def user_turn(
+        self,
+        chat: ChatState,
+        text: str | None = None,
+        audio: AudioInput | None = None,
+        sample_rate: int | None = None,
+        *,
+        max_audio_s: float | None = None,
+    ) -> ChatState:
+        """Append a user turn (text and/or one audio clip) and open the assistant's turn.
+        A clip longer than `max_audio_s` seconds is refused (`AudioTooLongError`)."""
+        wave = sr = None
+        if audio is not None:
+            wave, sr = read_audio(audio, sample_rate)
+            if max_audio_s is not None and len(wave) / sr > max_audio_s:
+                raise AudioTooLongError(
+                    f"the audio is {len(wave) / sr:.0f} s long; a chat turn takes at most {max_audio_s:.0f} s "
+                    "(transcribe long recordings instead)"
+                )
         chat.new_turn("user")
         if text:
             chat.add_text(text)
-        if audio is not None:
-            wave, sr = read_audio(audio, sample_rate)
+        if wave is not None:
             chat.add_audio(wave, sr)
         chat.end_turn()
         chat.new_turn("assistant")
@@ -147,12 +171,11 @@ class LFM2Audio:
         """Stream the assistant's turn; see `lfm2_mlx.generate.generate` for the arguments."""
         return generate(self.model, chat, **kwargs)
 
-    def stream(self, chat: ChatState, *, decoder: Union[str, Any, None] = None, with_audio: bool = True,
-               **kwargs) -> Iterator[ReplyChunk]:
+    def stream(
+        self, chat: ChatState, *, decoder: str | Any | None = None, with_audio: bool = True, **kwargs
+    ) -> Iterator[ReplyChunk]:
         """Generate and yield text pieces and PCM chunks as they exist."""
-        dec = None
-        if with_audio:
-            dec = self.audio_decoder(decoder) if decoder is None or isinstance(decoder, str) else decoder
+        dec = self._decoder(decoder) if with_audio else None
         text = TextStream(self.tokenizer)
         for step in generate(self.model, chat, decoder=dec, **kwargs):
             if step.modality == Modality.TEXT:
@@ -175,113 +198,125 @@ class LFM2Audio:
         pcm = np.concatenate(audio) if audio else np.zeros(0, dtype=np.float32)
         return Reply("".join(text).strip(), pcm, tokens)
 
-    # ---- tasks -----------------------------------------------------------------------------
-    def transcribe_stream(self, audio: AudioInput, *, sample_rate: Optional[int] = None,
-                          max_new_tokens: int = 512, system: str = ASR_PROMPT, **kwargs) -> Iterator[str]:
-        """Speech to text, yielding text pieces as they are generated (greedy by default)."""
-        chat = self.user_turn(self.new_chat(system), audio=audio, sample_rate=sample_rate)
-        for c in self.stream(chat, with_audio=False, max_new_tokens=max_new_tokens, **kwargs):
-            if c.text:
-                yield c.text
+    def text_of(self, tokens: list) -> str:
+        """The text of generated steps (frames skipped, special tokens dropped)."""
+        ids = [t for t in tokens if isinstance(t, (int, np.integer))]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def transcribe(self, audio: AudioInput, **kwargs) -> str:
-        """Speech to text for one clip that fits in one pass (see `lfm2_mlx.transcribe` for
-        long recordings)."""
+    # ---- speech to text --------------------------------------------------------------------
+    def transcribe_segments(
+        self,
+        audio: AudioInput,
+        *,
+        sample_rate: int | None = None,
+        language: str | None = None,
+        system: str | None = None,
+        chunk_length: float = CHUNK_LENGTH_S,
+        overlap: float = OVERLAP_S,
+        max_new_tokens: int = MAX_NEW_TOKENS["asr"],
+        **sampling: Any,
+    ) -> Iterator[Segment]:
+        """Speech to text for a recording of any length, window by window (`lfm2_mlx.transcribe`):
+        yields each window's `Segment` once its text is final. A recording no longer than
+        `chunk_length` is one window. Silent recordings raise `SilentAudioError`.
+
+        `system` replaces the prompt chosen by `language` ("en", or "ja" on a Japanese checkpoint;
+        default: the checkpoint's language). Greedy unless sampling keywords say otherwise."""
+        prompt = system if system is not None else self.asr_prompt(language)
+        fn = ModelTranscriber(self, system=prompt, max_new_tokens=max_new_tokens, **sampling)
+        src = open_audio(audio, sample_rate)
+        yield from transcribe_iter(src, fn, chunk_length=chunk_length, overlap=overlap)
+
+    def transcribe_stream(
+        self,
+        audio: AudioInput,
+        *,
+        sample_rate: int | None = None,
+        language: str | None = None,
+        system: str | None = None,
+        chunk_length: float = CHUNK_LENGTH_S,
+        overlap: float = OVERLAP_S,
+        max_new_tokens: int = MAX_NEW_TOKENS["asr"],
+        **sampling: Any,
+    ) -> Iterator[str]:
+        """Speech to text, yielding text as it becomes final: token by token for a recording
+        that fits one window, window by window for longer ones."""
+        prompt = system if system is not None else self.asr_prompt(language)
+        src = open_audio(audio, sample_rate)
+        if src.duration > chunk_length:
+            fn = ModelTranscriber(self, system=prompt, max_new_tokens=max_new_tokens, **sampling)
+            for seg in transcribe_iter(src, fn, chunk_length=chunk_length, overlap=overlap):
+                if seg.new_text:
+                    yield seg.new_text
+            return
+        # One window: its text is final as it is generated, so it streams token by token.
+        wave = np.concatenate(list(src.blocks(SAMPLE_RATE_IN)))
+        check_not_silent(peak(wave), src.name)
+        fn = ModelTranscriber(self, system=prompt, max_new_tokens=max_new_tokens, **sampling)
+        yield from fn.stream(wave)
+
+    def transcribe(self, audio: AudioInput, **kwargs: Any) -> str:
+        """Speech to text for a recording of any length (see `transcribe_segments` for the
+        keyword arguments)."""
         return "".join(self.transcribe_stream(audio, **kwargs)).strip()
 
-    def tts_prompt(self, voice: Optional[str] = None, voice_description: Optional[str] = None) -> str:
-        if voice is not None and voice_description is not None:
-            raise ValueError("give either a voice or a voice description, not both")
-        if voice_description is not None:
-            return f"Perform TTS.\nUse the following voice: {voice_description}"
-        voice = voice or (VOICES[0] if self.has_detokenizer else None)
-        if voice is None:
-            return "Perform TTS."
-        match = {v.lower(): v for v in VOICES}.get(voice.strip().lower())
-        if match is None:
-            raise ValueError(f"unknown voice {voice!r}; choose one of: {', '.join(VOICES)}")
-        return f"Perform TTS. Use the {match} voice."
+    # ---- text to speech --------------------------------------------------------------------
+    def speak_chunks(
+        self,
+        text: str,
+        *,
+        voice: str | None = None,
+        voice_description: str | None = None,
+        system: str | None = None,
+        language: str | None = None,
+        max_chars: int = TTS_MAX_CHARS,
+        decoder: str | Any | None = None,
+        max_new_tokens: int = MAX_NEW_TOKENS["tts"],
+        **sampling: Any,
+    ) -> Iterator[ReplyChunk]:
+        """Text to speech as `ReplyChunk`s (generated steps and PCM). Long text is cut at sentence
+        ends into pieces of at most `max_chars` characters (0: never), each spoken in turn.
+        A piece whose generation yields no audio raises `NoAudioError`."""
+        pieces = split_sentences(text or "", max_chars)
+        if not pieces:
+            raise InputError("nothing to speak: the text is empty")
+        prompt = system if system is not None else self.tts_prompt(voice, voice_description, language)
+        dec = self._decoder(decoder)
+        kw = {**TTS_SAMPLING, **sampling}
+        for i, piece in enumerate(pieces):
+            chat = self.user_turn(self.new_chat(prompt), text=piece)
+            heard = False
+            for c in self.stream(chat, decoder=dec, max_new_tokens=max_new_tokens, **kw):
+                c.piece = i
+                heard = heard or (c.audio is not None and c.audio.size > 0)
+                yield c
+            if not heard:
+                where = f" for piece {i + 1} of {len(pieces)} ({piece[:40]!r})" if len(pieces) > 1 else ""
+                raise NoAudioError(
+                    f"the model produced no audio{where} (try a larger max_new_tokens, now {max_new_tokens})"
+                )
 
-    def speak_stream(self, text: str, *, voice: Optional[str] = None, voice_description: Optional[str] = None,
-                     system: Optional[str] = None, max_new_tokens: int = 1024, decoder=None,
-                     **kwargs) -> Iterator[np.ndarray]:
-        """Text to speech, yielding float32 24 kHz PCM chunks as frames are generated."""
-        if not text or not text.strip():
-            raise ValueError("nothing to speak: the text is empty")
-        prompt = system if system is not None else self.tts_prompt(voice, voice_description)
-        chat = self.user_turn(self.new_chat(prompt), text=text)
-        kw = {**TTS_SAMPLING, **kwargs}
-        for c in self.stream(chat, decoder=decoder, max_new_tokens=max_new_tokens, **kw):
+    def speak_stream(self, text: str, **kwargs: Any) -> Iterator[np.ndarray]:
+        """Text to speech, yielding float32 24 kHz PCM chunks as frames are generated (see
+        `speak_chunks` for the keyword arguments)."""
+        for c in self.speak_chunks(text, **kwargs):
             if c.audio is not None and c.audio.size:
                 yield c.audio
 
-    def speak(self, text: str, **kwargs) -> np.ndarray:
+    def speak(self, text: str, **kwargs: Any) -> np.ndarray:
         """Text to speech: the whole waveform (float32, 24 kHz)."""
-        chunks = list(self.speak_stream(text, **kwargs))
-        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        return np.concatenate(list(self.speak_stream(text, **kwargs)))
 
-    def chat(self, system: str = CHAT_PROMPT) -> "ChatSession":
+    def chat(self, system: str = CHAT_PROMPT) -> ChatSession:
         """A multi-turn spoken conversation (interleaved text and audio replies)."""
         return ChatSession(self, system)
 
 
-class ChatSession:
-    """A conversation that keeps its whole history, earlier reply audio included."""
-
-    def __init__(self, model: LFM2Audio, system: str = CHAT_PROMPT, state: Optional[ChatState] = None):
-        self.model = model
-        self.state = state if state is not None else model.new_chat(system)
-        self.cache = PromptCache()  # the backbone cache of this conversation, reused by each turn
-
-    def send_stream(self, audio: Optional[AudioInput] = None, text: Optional[str] = None, *,
-                    sample_rate: Optional[int] = None, max_new_tokens: int = 1024, decoder=None,
-                    with_audio: bool = True, **kwargs) -> Iterator[ReplyChunk]:
-        """One user turn; yields the reply's text pieces and PCM chunks. The reply joins the
-        history when the stream ends, or, if the caller closes it early (barge-in), what was
-        generated so far does."""
-        if audio is None and not text:
-            raise ValueError("a chat turn needs audio or text")
-        chat = self.state.copy()
-        self.model.user_turn(chat, text=text, audio=audio, sample_rate=sample_rate)
-        steps = []
-        kw = {**CHAT_SAMPLING, **kwargs}
-        try:
-            for c in self.model.stream(chat, mode="interleaved", decoder=decoder, with_audio=with_audio,
-                                       max_new_tokens=max_new_tokens, prompt_cache=self.cache, **kw):
-                if c.step is not None:
-                    steps.append(c.step.value)
-                yield c
-        except GeneratorExit:
-            # Closed early (the user interrupted): the exchange so far still joins the history,
-            # with an open audio run closed by an EOAudio frame as a finished one would be.
-            if steps and isinstance(steps[-1], list) and steps[-1][0] != AUDIO_EOS:
-                steps.append([AUDIO_EOS] * chat.codebooks)
-            self._commit(chat, steps)
-            raise
-        self._commit(chat, steps)
-
-    def _commit(self, chat: ChatState, steps: list) -> None:
-        chat.append(steps)
-        chat.end_turn()
-        self.state = chat
-
-    def send(self, audio: Optional[AudioInput] = None, text: Optional[str] = None, **kwargs) -> Reply:
-        return self.model.collect(self.send_stream(audio, text, **kwargs))
-
-    def save(self, path: Union[str, Path]) -> None:
-        """Write the history (text ids, mel features, reply frames) to an .npz file."""
-        self.state.save(path)
-
-    @classmethod
-    def load(cls, model: LFM2Audio, path: Union[str, Path]) -> "ChatSession":
-        return cls(model, state=ChatState.load(path, model.tokenizer, model.preprocessor))
-
-
 def load(
-    path_or_repo: Union[str, Path] = "LiquidAI/LFM2.5-Audio-1.5B",
+    path_or_repo: str | Path = DEFAULT_MODEL,
     *,
-    dtype: Optional[Union[str, mx.Dtype]] = None,
-    revision: Optional[str] = None,
+    dtype: str | mx.Dtype | None = None,
+    revision: str | None = None,
 ) -> LFM2Audio:
     """Load an LFM2-Audio checkpoint from a local folder or a Hugging Face repo id.
 
@@ -290,14 +325,14 @@ def load(
     the stored dtype."""
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
     path = resolve(path_or_repo, revision)
     model, config = load_model(path, dtype)
     tok = path / "tokenizer.json"
     if not tok.is_file():
         raise CheckpointError(f"{path} has no tokenizer.json")
-    return LFM2Audio(model, Tokenizer(tok), path, config)
+    return LFM2Audio(model, Tokenizer(tok), path, config, source=str(path_or_repo))
 
 
-__all__ = ["load", "LFM2Audio", "ChatSession", "Reply", "ReplyChunk", "VOICES", "AUDIO_EOS"]
+__all__ = ["AUDIO_EOS", "VOICES", "ChatSession", "LFM2Audio", "Reply", "ReplyChunk", "load"]

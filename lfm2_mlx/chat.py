@@ -7,14 +7,17 @@ audio stays in the history as audio-out positions (liquid_audio/processor.py, `C
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Sequence
 from enum import IntEnum
 from pathlib import Path
-from typing import Literal, Optional, Sequence, Union
+from typing import Literal
 
 import numpy as np
 
-from .audio import PreprocessorConfig, log_mel_spectrogram, mel_frames_to_positions
 from .audio_io import resample, to_mono
+from .errors import HistoryError
+from .models.mel import PreprocessorConfig, log_mel_spectrogram, mel_frames_to_positions
 
 BOS = 1  # <|startoftext|>
 IM_START = 6
@@ -29,8 +32,8 @@ AUDIO_VOCAB = 2049  # rows of each codebook's audio-out table (codes + EOAudio)
 ASR_PROMPT = "Perform ASR."
 CHAT_PROMPT = "Respond with interleaved text and audio."
 VOICES = ("US male", "US female", "UK male", "UK female")
-TTS_SAMPLING = dict(audio_temperature=0.8, audio_top_k=64)
-CHAT_SAMPLING = dict(audio_temperature=1.0, audio_top_k=4)
+TTS_SAMPLING = {"audio_temperature": 0.8, "audio_top_k": 64}
+CHAT_SAMPLING = {"audio_temperature": 1.0, "audio_top_k": 4}
 
 Role = Literal["system", "user", "assistant"]
 
@@ -46,7 +49,7 @@ class Tokenizer:
     """The checkpoint's `tokenizer.json`, used as the reference uses its tokenizer:
     `encode(text, add_special_tokens=False)` and a plain decode."""
 
-    def __init__(self, path: Union[str, Path]):
+    def __init__(self, path: str | Path):
         from tokenizers import Tokenizer as _Tokenizer
 
         self._tok = _Tokenizer.from_file(str(path))
@@ -57,7 +60,7 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def token_to_id(self, token: str) -> Optional[int]:
+    def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
 
@@ -104,7 +107,7 @@ class ChatState:
     def end_turn(self) -> None:
         self.add_text("<|im_end|>\n")
 
-    def append(self, tokens: Sequence[Union[int, Sequence[int]]]) -> None:
+    def append(self, tokens: Sequence[int | Sequence[int]]) -> None:
         """Append generated steps (ints for text, `codebooks`-long frames for audio), as the
         reference's `ChatState.append` does with the generated text, audio and flags."""
         for t in tokens:
@@ -136,36 +139,67 @@ class ChatState:
                 j += 1
         return out
 
-    def save(self, path: Union[str, Path]) -> None:
+    def save(self, path: str | Path) -> None:
         """Write the conversation (token ids, mel features, frames, flags) to an .npz file."""
         mels = {f"mel_{i}": m for i, m in enumerate(self.audio_in)}
         frames = np.asarray(self.audio_out, dtype=np.int32).reshape(-1, self.codebooks)
         with open(path, "wb") as f:
-            np.savez_compressed(f, format=np.array(1), text=np.asarray(self.text, dtype=np.int64),
-                                modality=np.asarray(self.modality, dtype=np.int8), audio_out=frames, **mels)
+            np.savez_compressed(
+                f,
+                format=np.array(1),
+                text=np.asarray(self.text, dtype=np.int64),
+                modality=np.asarray(self.modality, dtype=np.int8),
+                audio_out=frames,
+                **mels,
+            )
 
     @classmethod
-    def load(cls, path: Union[str, Path], tokenizer: Tokenizer, preprocessor: PreprocessorConfig) -> "ChatState":
+    def load(cls, path: str | Path, tokenizer: Tokenizer, preprocessor: PreprocessorConfig) -> ChatState:
+        """A conversation written by `save`; `HistoryError` for anything else (never unpickled)."""
+        if not zipfile.is_zipfile(path):
+            raise HistoryError(f"{path} is not a conversation history file (not an .npz archive)")
         try:
-            z = np.load(path)
-            n_mels = len([k for k in z.files if k.startswith("mel_")])
-            state = cls.__new__(cls)
-            state.tokenizer, state.preprocessor = tokenizer, preprocessor
-            state.text = z["text"].tolist()
-            state.modality = [Modality(int(m)) for m in z["modality"]]
-            state.audio_out = list(z["audio_out"])
-            state.codebooks = z["audio_out"].shape[1]
-            state.audio_in = [z[f"mel_{i}"] for i in range(n_mels)]
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{path} is not a conversation history file ({e})") from None
+            with np.load(path, allow_pickle=False) as z:
+                n_mels = len([k for k in z.files if k.startswith("mel_")])
+                state = cls.__new__(cls)
+                state.tokenizer, state.preprocessor = tokenizer, preprocessor
+                state.text = z["text"].tolist()
+                state.modality = [Modality(int(m)) for m in z["modality"]]
+                state.audio_out = list(z["audio_out"])
+                state.codebooks = z["audio_out"].shape[1]
+                state.audio_in = [z[f"mel_{i}"] for i in range(n_mels)]
+        except (OSError, KeyError, ValueError, IndexError, zipfile.BadZipFile) as e:
+            reason = " ".join(str(e).split()).split(";")[0]  # numpy's advice to unpickle is not ours
+            raise HistoryError(f"{path} is not a conversation history file ({reason})") from None
         counts = [state.modality.count(m) for m in Modality]
         if counts[0] != len(state.text) or counts[2] != len(state.audio_out):
-            raise ValueError(f"{path} is not a consistent conversation history file")
+            raise HistoryError(f"{path} is not a consistent conversation history file")
         return state
 
-    def copy(self) -> "ChatState":
+    def copy(self) -> ChatState:
         new = ChatState.__new__(ChatState)
         new.__dict__.update(self.__dict__)
         for name in ("text", "audio_in", "audio_out", "modality"):
             setattr(new, name, list(getattr(self, name)))
         return new
+
+
+def close_open_audio(steps: Sequence, codebooks: int) -> list:
+    """A reply cut inside an audio run gets the end-of-audio frame a finished reply has before
+    `<|im_end|>`, so the history reads like a turn the model completed."""
+    steps = list(steps)
+    if steps and not isinstance(steps[-1], (int, np.integer)) and steps[-1][0] != AUDIO_EOS:
+        steps.append([AUDIO_EOS] * codebooks)
+    return steps
+
+
+def check_history(path: str | Path) -> None:
+    """Refuse, before any model work, a history path that exists but cannot be a conversation
+    file (a folder, or a file that is not an .npz archive). A missing file is fine: it is created."""
+    p = Path(path)
+    if not p.exists():
+        return
+    if not p.is_file():
+        raise HistoryError(f"{path} is not a file")
+    if not zipfile.is_zipfile(p):
+        raise HistoryError(f"{path} is not a conversation history file (not an .npz archive)")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lfm2_mlx.audio import PreprocessorConfig, log_mel_spectrogram, mel_filters, mel_frames_to_positions
+from lfm2_mlx.models.mel import PreprocessorConfig, log_mel_spectrogram, mel_filters, mel_frames_to_positions
 
 FIXTURES = Path(__file__).parent / "fixtures" / "encoder"
 HOP = 160

@@ -11,7 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from lfm2_mlx.conformer import ConformerEncoder, EncoderConfig, sanitize
+from lfm2_mlx.models.conformer import ConformerEncoder, EncoderConfig, sanitize
 
 FIXTURES = Path(__file__).parent / "fixtures" / "encoder"
 # Measured max abs error 1.4e-6 (outputs up to |3.0|), float32 on CPU.

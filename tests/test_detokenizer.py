@@ -14,8 +14,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
+from mlx_lm.models import lfm2
 
-from lfm2_mlx.detokenizer import Detokenizer, DetokenizerConfig, load_detokenizer
+from lfm2_mlx.decoders.detokenizer import Detokenizer, DetokenizerConfig, load_detokenizer
+from lfm2_mlx.models.lfm2_args import model_args
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "detokenizer"
@@ -138,3 +140,47 @@ def test_config_ignores_unknown_and_names_missing_keys():
     del config["num_key_value_heads"]
     with pytest.raises(ValueError, match="num_key_value_heads"):
         DetokenizerConfig.from_dict(config)
+
+
+# The LFM2 argument builder that the detokenizer and the main backbone share (models/lfm2_args.py).
+_SECTION = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 100,
+    "block_multiple_of": 32,
+    "layer_types": ["conv", "full_attention"],
+}
+
+
+@pytest.mark.parametrize("multiplier,width", [(1.0, 96), (None, 66)])
+def test_lfm2_ffn_width_follows_transformers(multiplier, width):
+    # transformers' Lfm2MLP: int(2 * 100 / 3) = 66, rounded up to a multiple of 32 only when a
+    # multiplier is set (mlx-lm's MLP would always round, so the builder hands it the final width).
+    section = {**_SECTION, "block_ffn_dim_multiplier": multiplier}
+    model = lfm2.Lfm2Model(model_args(section, "test"))
+    assert all(layer.feed_forward.w1.weight.shape[0] == width for layer in model.layers)
+    detok = DetokenizerConfig.from_dict({**section, "layer_types": ["conv", "sliding_attention"]})
+    assert detok.ff_dim() == detok.lfm2_args().block_ff_dim == width
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"layer_types": ["conv", "sliding_attention"]}, "sliding_attention"),
+        ({"layer_types": ["conv"]}, "1 layer_types for 2 layers"),
+        ({"head_dim": 8}, "head_dim 8"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1.0}}, "yarn"),
+    ],
+)
+def test_lfm2_sections_mlx_lm_cannot_build_are_refused(change, message):
+    # mlx-lm would build a "sliding_attention" layer as a conv layer: refused, not guessed.
+    with pytest.raises(ValueError, match=message):
+        model_args({**_SECTION, **change}, "config.json: lfm")
+
+
+def test_lfm2_layer_types_fall_back_as_transformers_does():
+    section = {k: v for k, v in _SECTION.items() if k != "layer_types"}
+    assert model_args({**section, "full_attn_idxs": [1]}, "t").layer_types == ["conv", "full_attention"]
+    assert model_args(section, "t").layer_types == ["full_attention", "full_attention"]

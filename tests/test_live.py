@@ -4,70 +4,47 @@ around the tiny "core_chat" checkpoint (steered to interleave text and audio).""
 
 import argparse
 import queue
+import re
 import sys
 import time
+from pathlib import Path
 
 import checkpoints
 import numpy as np
 import pytest
-
-from lfm2_mlx.api import ChatSession
-from lfm2_mlx.audio_devices import (
+from audio_doubles import (
     Call,
+    FakeSounddevice,
     Mark,
     RecordingSink,
     ScriptedSource,
     Silence,
     WaitUntil,
-    import_sounddevice,
-    parse_device,
+    vowel_clip,
 )
-from lfm2_mlx.chat import AUDIO_EOS, Modality
-from lfm2_mlx.live import (
-    BLOCK,
-    LiveChat,
-    add_arguments,
-    close_open_audio,
-    keep_partial_reply,
-    run_live,
-)
-from lfm2_mlx.vad import EnergyVad, LiveError, PushToTalk, VadTurns, make_vad
 
-RATE = 16000
+from lfm2_mlx.api import ChatSession
+from lfm2_mlx.audio_io import SAMPLE_RATE_IN
+from lfm2_mlx.chat import AUDIO_EOS, Modality, close_open_audio
+from lfm2_mlx.errors import InputError, LFM2AudioError
+from lfm2_mlx.live import BLOCK, LiveChat, keep_partial_reply, run_live
+from lfm2_mlx.live.devices import import_sounddevice, parse_device
+from lfm2_mlx.live.vad import EnergyVad, LiveError, PushToTalk, VadTurns, make_vad
+
+RATE = SAMPLE_RATE_IN
 SEED = 0
 
 
-def vowel_clip(seconds: float, seed: int, rate: int = RATE) -> np.ndarray:
-    """Formant-synthesised syllables (glottal pulses through three vowel resonances, a noise
-    burst for each consonant): speech enough for a neural VAD, made here without recordings."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * rate)
-    out = np.zeros(n)
-    vowels = [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (570, 840, 2410)]
-    taps = np.arange(int(0.05 * rate))
-    pos = 0
-    while pos < n:
-        syl = int(rng.uniform(0.15, 0.3) * rate)
-        t = np.arange(syl)
-        phase = np.cumsum(rng.uniform(100, 140) * (1.1 - 0.2 * t / syl) / rate)
-        y = np.diff(np.floor(phase), prepend=0.0)  # one pulse per pitch period
-        for f, bw in zip(vowels[rng.integers(len(vowels))], (80, 100, 120), strict=True):
-            r, th = np.exp(-np.pi * bw / rate), 2 * np.pi * f / rate
-            y = np.convolve(y, r**taps * np.sin((taps + 1) * th) / np.sin(th))[:syl]  # 2-pole resonator
-        y *= np.sin(np.pi * t / syl) ** 0.5
-        burst = int(0.04 * rate)
-        seg = np.concatenate([0.3 * rng.standard_normal(burst) * np.hanning(burst), y / np.abs(y).max()])
-        k = min(len(seg), n - pos)
-        out[pos : pos + k] += seg[:k]
-        pos += k + int(rng.uniform(0.02, 0.06) * rate)
-    return (0.3 * out / np.abs(out).max() + 0.002 * rng.standard_normal(n)).astype(np.float32)
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return checkpoints.build_full("core_chat", tmp_path_factory.mktemp("live_chat"))
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(folder):
     import lfm2_mlx
 
-    return lfm2_mlx.load(checkpoints.build_full("core_chat", tmp_path_factory.mktemp("live_chat")))
+    return lfm2_mlx.load(folder)
 
 
 def decoder(model):
@@ -159,17 +136,141 @@ def test_missing_optional_packages_give_one_line_errors(monkeypatch):
     with pytest.raises(LiveError, match=r"sounddevice package: pip install 'lfm2-mlx\[live\]'"):
         import_sounddevice()
     assert parse_device("2") == 2 and parse_device("MacBook Pro Microphone") == "MacBook Pro Microphone"
-    assert parse_device(None) is None
+    assert parse_device(None) is None and parse_device("") is None and parse_device(3) == 3
+    # One hierarchy: the CLI reports a LiveError like any other library error.
+    assert issubclass(LiveError, LFM2AudioError) and issubclass(LiveError, RuntimeError)
 
 
-def test_run_live_without_sounddevice_exits_with_a_message(model, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "sounddevice", None)
+def live_parser():
+    from lfm2_mlx.cli import live as live_cli
+
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    for argv in ([], ["--push-to-talk", "--input-device", "1"], ["--list-devices"]):
-        assert run_live(model, parser.parse_args(argv)) == 1
+    live_cli.add_arguments(parser)
+    return parser
+
+
+NO_SOUNDDEVICE_ARGV = ([], ["--push-to-talk", "--input-device", "1"], ["--list-devices"])
+
+
+def test_run_live_without_sounddevice_raises_a_one_line_live_error(model, monkeypatch):
+    from lfm2_mlx.cli import live as live_cli
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)
+    for argv in NO_SOUNDDEVICE_ARGV:
+        with pytest.raises(LiveError) as e:
+            live_cli.run(live_parser().parse_args(argv), model, None)
+        assert len(str(e.value).splitlines()) == 1 and "sounddevice" in str(e.value)
+
+
+def test_chat_live_without_sounddevice_exits_1_with_one_line(folder, monkeypatch, capsys):
+    from lfm2_mlx import cli
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)
+    for argv in NO_SOUNDDEVICE_ARGV:
+        assert cli.main(["chat", "--live", "-m", str(folder), *argv]) == 1
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("error:") and "sounddevice" in err[0]
+        assert len(err) == 1 and re.match(r"lfm2-audio: error: .*sounddevice", err[0]), err
+
+
+def test_run_live_checks_its_arguments_before_opening_devices(model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # a device opened first would raise LiveError
+    for threshold in (0.0, 1.0, 1.5):
+        with pytest.raises(InputError, match="between 0 and 1"):
+            run_live(model, vad_threshold=threshold)
+    with pytest.raises(InputError, match="vad must be one of"):
+        run_live(model, vad="webrtc")
+
+
+def test_cli_flags_map_one_to_one_onto_run_live(model, monkeypatch):
+    from lfm2_mlx.cli import live as live_cli
+
+    seen = {}
+    monkeypatch.setattr(
+        "lfm2_mlx.live.run_live", lambda model, session, **kw: seen.update(session=session, kw=kw) or 0
+    )
+    argv = ["--push-to-talk", "--input-device", "2", "--output-device", "USB", "--vad", "energy"]
+    argv += ["--vad-threshold", "0.7", "--pause-ms", "800", "--barge-in-ms", "200", "--no-barge-in"]
+    args = live_parser().parse_args(argv)
+    # The chat command's own flags that run_live takes, and one it does not.
+    args.system, args.decoder, args.max_new_tokens, args.seed, args.audio_top_k = "Hi.", "mimi", 9, 1, 8
+    args.history = Path("h.npz")
+    session = model.chat()
+    assert live_cli.run(args, model, session) == 0
+    assert seen["session"] is session
+    assert seen["kw"] == {
+        "push_to_talk": True,
+        "input_device": "2",
+        "output_device": "USB",
+        "vad": "energy",
+        "vad_threshold": 0.7,
+        "pause_ms": 800.0,
+        "barge_in_ms": 200.0,
+        "barge_in": False,
+        "system": "Hi.",
+        "decoder": "mimi",
+        "max_new_tokens": 9,
+        "seed": 1,
+        "audio_top_k": 8,
+    }
+    # With no flags, run_live's own defaults.
+    defaults = vars(live_parser().parse_args([]))
+    assert {k: defaults[k] for k in defaults if k != "list_devices"} == {
+        k: v for k, v in live_cli.KEYWORDS.items() if k in defaults
+    }
+
+
+def test_run_live_wires_devices_and_settings_and_ctrl_c_ends_it(model, monkeypatch, capsys):
+    from lfm2_mlx.live import terminal
+    from lfm2_mlx.recipes import MAX_NEW_TOKENS
+
+    sd = FakeSounddevice(refuse=())
+    monkeypatch.setitem(sys.modules, "sounddevice", sd)
+    seen = {}
+
+    class FakeLiveChat:
+        def __init__(self, session, source, sink, turns, **kw):
+            seen.update(session=session, source=source, sink=sink, turns=turns, kw=kw)
+
+        def stop(self):
+            pass
+
+        def run(self):
+            raise KeyboardInterrupt  # Ctrl+C: the conversation ends normally
+
+    monkeypatch.setattr(terminal, "LiveChat", FakeLiveChat)
+    rc = run_live(model, vad="energy", pause_ms=900, barge_in=False, barge_in_ms=250, audio_temperature=0.5)
+    assert rc == 0
+    assert [s.samplerate for s in sd.streams] == [16000, 24000] and all(s.closed for s in sd.streams)
+    assert isinstance(seen["turns"], VadTurns) and seen["turns"].end_frames == 30  # 900 ms of 30 ms frames
+    assert seen["session"].state.text == model.chat().state.text  # a new chat, the chat prompt
+    assert seen["kw"]["barge_in"] is False and seen["kw"]["barge_in_ms"] == 250
+    # Unset sampling stays out (the chat recipe applies); the length default is the recipe's.
+    assert {k: v for k, v in seen["kw"].items() if k not in ("barge_in", "barge_in_ms", "on_event")} == {
+        "decoder": None,
+        "max_new_tokens": MAX_NEW_TOKENS["chat"],
+        "audio_temperature": 0.5,
+    }
+    assert capsys.readouterr().out.startswith("Listening: speak, then pause.")
+
+
+def test_docs_list_every_live_flag_and_keyword():
+    from lfm2_mlx.cli import live as live_cli
+
+    doc = (Path(__file__).parents[1] / "docs" / "live.md").read_text()
+    table = set(re.findall(r"^\| `(--[a-z-]+)", doc, re.MULTILINE))
+    flags = {o for a in live_parser()._actions for o in a.option_strings if o.startswith("--")}
+    assert table == (flags - {"--help"}) | {"--live"}
+    # ... with run_live's defaults.
+    for a in live_parser()._actions:
+        if a.dest in live_cli.KEYWORDS and isinstance(a.default, (float, str)):
+            row = re.search(rf"^\| `{a.option_strings[0]}[^|]*\| ([^|]*) \|", doc, re.MULTILINE).group(1)
+            assert row.strip("` ") == format(live_cli.KEYWORDS[a.dest], "g" if a.type is float else ""), row
+    # The chat command's flags the docs say apply to every turn are run_live keywords too, and
+    # together with the live flags they are all of them.
+    chat_flags = re.search(r"generation flags apply to every turn: (.*?)\.\n", doc, re.DOTALL).group(1)
+    chat_dests = {f[2:].replace("-", "_") for f in re.findall(r"`(--[a-z-]+)`", chat_flags)}
+    live_dests = {a.dest for a in live_parser()._actions} - {"help", "list_devices"}
+    assert chat_dests | live_dests == set(live_cli.KEYWORDS) and not chat_dests & live_dests
 
 
 def test_close_open_audio():
@@ -356,56 +457,8 @@ def test_speech_shorter_than_barge_in_is_ignored_while_replying(model):
 
 
 # ---- the sound-card classes against a stand-in sounddevice ---------------------------------
-class FakeSounddevice:
-    """Just enough of sounddevice: devices that refuse some rates, streams whose callbacks the
-    test drives by hand."""
-
-    class PortAudioError(Exception):
-        pass
-
-    class Status:
-        input_overflow = output_underflow = False
-
-    def __init__(self, native_rate=48000, refuse=(16000, 24000), devices=True):
-        self.native_rate, self.refuse, self.devices = native_rate, refuse, devices
-        self.streams = []
-
-    def query_devices(self, device=None, kind=None):
-        if not self.devices:
-            raise self.PortAudioError("Error querying device -1")
-        return {"name": "fake", "default_samplerate": float(self.native_rate)}
-
-    def _stream(self, samplerate, callback, **kw):
-        if samplerate in self.refuse:
-            raise self.PortAudioError(f"Invalid sample rate {samplerate}")
-        fake = self
-
-        class Stream:
-            def __init__(self):
-                self.samplerate, self.callback, self.kw = samplerate, callback, kw
-                self.active = self.closed = False
-                fake.streams.append(self)
-
-            def start(self):
-                self.active = True
-
-            def stop(self):
-                self.active = False
-
-            def close(self):
-                self.closed = True
-
-        return Stream()
-
-    def InputStream(self, **kw):  # noqa: N802 (sounddevice's name)
-        return self._stream(**kw)
-
-    def OutputStream(self, **kw):  # noqa: N802
-        return self._stream(**kw)
-
-
 def test_microphone_resamples_and_warns_about_digital_silence(monkeypatch):
-    from lfm2_mlx.audio_devices import MicrophoneSource
+    from lfm2_mlx.live.devices import MicrophoneSource
 
     sd = FakeSounddevice()
     monkeypatch.setitem(sys.modules, "sounddevice", sd)
@@ -434,7 +487,7 @@ def test_microphone_resamples_and_warns_about_digital_silence(monkeypatch):
 
 
 def test_speaker_plays_queued_audio_and_stops_at_once(monkeypatch):
-    from lfm2_mlx.audio_devices import SpeakerSink
+    from lfm2_mlx.live.devices import SpeakerSink
 
     sd = FakeSounddevice(native_rate=24000, refuse=())
     monkeypatch.setitem(sys.modules, "sounddevice", sd)

@@ -11,6 +11,7 @@ Tolerance TOL = 2e-5 absolute.
 import dataclasses
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import mlx.core as mx
@@ -18,8 +19,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
-from lfm2_mlx.mimi import MimiConfig, MimiDecoder, is_dropped_key, load_mimi
-from lfm2_mlx.streaming import ConvTranspose1d, StreamingConv1d, StreamingConvTranspose1d
+from lfm2_mlx.decoders.mimi import MimiConfig, MimiDecoder, is_dropped_key, load_mimi
+from lfm2_mlx.decoders.streaming import ConvTranspose1d, StreamingConv1d, StreamingConvTranspose1d
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mimi"
 TOL = 2e-5
@@ -193,7 +194,8 @@ def test_missing_key_is_an_error_naming_it(tmp_path, tiny_config):
     "key",
     [
         "decoder.model.0.conv.conv.extra",
-        "decoder_transformer.transformer.layers.0.self_attn.in_projs.0.weight",
+        # Mimi's attention has one step: index 0 is a spelling of in_proj_weight, 1 is unknown.
+        "decoder_transformer.transformer.layers.0.self_attn.in_projs.1.weight",
         "encoderx.weight",
         "quantizer.rvq_first.vq.layers.0._codebook.embed_avg",
     ],
@@ -259,3 +261,78 @@ def test_bfloat16_keeps_its_dtype_through_the_cache(tiny_config, golden):
     assert all(s.dtype == mx.bfloat16 for s in states)
     ref = golden["whole"][:, : out.shape[1]]
     assert np.abs(np.array(out) - ref).max() < 0.1 * np.abs(ref).max()
+
+
+# Spellings of the decoder transformer's attention projections that moshi's
+# `StreamingMultiheadAttention._load_hook` accepts (Mimi has one weight per step, so index 0 only):
+# the fused names of older checkpoints and the per-step `in_projs`/`out_projs` of current moshi.
+IN_PROJ_SPELLINGS = ["in_proj_weight", "in_proj.weight", "in_projs.0.weight"]
+OUT_PROJ_SPELLINGS = ["out_proj.weight", "out_projs.0.weight"]
+
+
+def _respell(in_name: str, out_name: str):
+    def edit(weights):
+        for key in [k for k in weights if ".self_attn." in k]:
+            prefix, _, leaf = key.partition(".self_attn.")
+            name = {"in_proj_weight": in_name, "out_proj.weight": out_name}[leaf]
+            weights[f"{prefix}.self_attn.{name}"] = weights.pop(key)
+
+    return edit
+
+
+@pytest.mark.parametrize("out_name", OUT_PROJ_SPELLINGS)
+@pytest.mark.parametrize("in_name", IN_PROJ_SPELLINGS)
+def test_every_moshi_attention_key_spelling_loads(tmp_path, tiny, tiny_config, golden, in_name, out_name):
+    model = _load_modified(tmp_path, tiny_config, _respell(in_name, out_name))
+    out = np.array(model.decode(golden["codes"]))
+    np.testing.assert_array_equal(out, np.array(tiny.decode(golden["codes"])))
+    np.testing.assert_allclose(out, golden["whole"], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "leaf", ["in_projs.1.weight", "in_proj.bias", "in_projs.0.bias", "out_projs.1.weight", "out_proj_weight"]
+)
+def test_unknown_attention_spelling_is_an_error_naming_it(tmp_path, tiny_config, leaf):
+    key = f"decoder_transformer.transformer.layers.1.self_attn.{leaf}"
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        _load_modified(tmp_path, tiny_config, lambda w: w.__setitem__(key, mx.zeros((16, 16))))
+
+
+def test_missing_respelled_attention_weight_is_an_error_naming_it(tmp_path, tiny_config):
+    def edit(w):
+        _respell("in_projs.0.weight", "out_projs.0.weight")(w)
+        del w["decoder_transformer.transformer.layers.1.self_attn.out_projs.0.weight"]
+
+    with pytest.raises(ValueError, match=r"layers\.1\.self_attn\.out_proj\.weight"):
+        _load_modified(tmp_path, tiny_config, edit)
+
+
+def test_load_mimi_takes_the_file_or_its_folder_and_name(tmp_path, tiny, tiny_config, golden):
+    # The checkpoint's Mimi file name lives in lfm2_mlx.loading (MIMI_FILE); load_mimi has no copy.
+    shutil.copy(FIXTURES / "tiny.safetensors", tmp_path / "codec.safetensors")
+    model = load_mimi(tmp_path, config=tiny_config, filename="codec.safetensors")
+    np.testing.assert_array_equal(
+        np.array(model.decode(golden["codes"])), np.array(tiny.decode(golden["codes"]))
+    )
+    with pytest.raises(ValueError, match="filename"):
+        load_mimi(tmp_path, config=tiny_config)
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        ("in_proj_weight", "in_projs.0.weight"),
+        ("in_proj_weight", "in_proj.weight"),
+        ("out_proj.weight", "out_projs.0.weight"),
+    ],
+)
+def test_two_spellings_of_one_weight_are_an_error_naming_both(tmp_path, tiny_config, old, new):
+    # Strict: a checkpoint holding a projection twice is ambiguous, not silently one of them.
+    prefix = "decoder_transformer.transformer.layers.0.self_attn."
+
+    def add(w):
+        w[prefix + new] = w[prefix + old]
+
+    with pytest.raises(ValueError) as error:
+        _load_modified(tmp_path, tiny_config, add)
+    assert prefix + old in str(error.value) and prefix + new in str(error.value)

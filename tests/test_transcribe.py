@@ -11,16 +11,15 @@ import tracemalloc
 import numpy as np
 import pytest
 import soundfile as sf
-
 from checkpoints import clip
-from lfm2_mlx.audio_io import AudioError, read_audio, resample
+
+from lfm2_mlx.audio_io import AudioError, AudioSource, read_audio, resample
 from lfm2_mlx.generate import generate_tokens
 from lfm2_mlx.transcribe import (
     FRAME,
     Stitcher,
     longest_common_run,
     quietest,
-    read_blocks,
     transcribe,
     transcribe_iter,
     units,
@@ -28,6 +27,12 @@ from lfm2_mlx.transcribe import (
 )
 
 SR = 16000
+
+
+def read_blocks(path, **kw):
+    return AudioSource(path).blocks(**kw)
+
+
 VOCAB = 40
 
 
@@ -166,8 +171,8 @@ def test_stitcher_without_common_run_drops_the_overlap_share():
 
 
 def test_longest_common_run():
-    assert longest_common_run("a b c d".split(), "x c d e".split()) == (2, 1, 2)
-    assert longest_common_run("a b".split(), "c d".split())[2] == 0
+    assert longest_common_run(["a", "b", "c", "d"], ["x", "c", "d", "e"]) == (2, 1, 2)
+    assert longest_common_run(["a", "b"], ["c", "d"])[2] == 0
 
 
 def test_silent_windows_are_not_transcribed_and_all_silence_is_an_error():

@@ -31,33 +31,54 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import checkpoints  # noqa: E402
 
-from lfm2_mlx.loading import DTYPES  # noqa: E402
+from lfm2_mlx.loading import DTYPES, MIMI_FILE  # noqa: E402
 
 DETOKENIZER_CONFIG = {
-    "model_type": "lfm2", "vocab_size": 65536, "hidden_size": 512, "num_hidden_layers": 8,
-    "layer_types": ["conv", "conv", "sliding_attention", "conv", "sliding_attention", "conv",
-                    "sliding_attention", "conv"],
-    "sliding_window": 30, "num_attention_heads": 8, "num_key_value_heads": 8, "intermediate_size": 2048,
-    "block_auto_adjust_ff_dim": True, "block_ffn_dim_multiplier": 1.0, "block_multiple_of": 256,
-    "conv_bias": False, "conv_L_cache": 3, "norm_eps": 1e-5, "rope_theta": 1000000.0,
+    "model_type": "lfm2",
+    "vocab_size": 65536,
+    "hidden_size": 512,
+    "num_hidden_layers": 8,
+    "layer_types": [
+        "conv",
+        "conv",
+        "sliding_attention",
+        "conv",
+        "sliding_attention",
+        "conv",
+        "sliding_attention",
+        "conv",
+    ],
+    "sliding_window": 30,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "intermediate_size": 2048,
+    "block_auto_adjust_ff_dim": True,
+    "block_ffn_dim_multiplier": 1.0,
+    "block_multiple_of": 256,
+    "conv_bias": False,
+    "conv_L_cache": 3,
+    "norm_eps": 1e-5,
+    "rope_theta": 1000000.0,
 }
 
 
 def build_decoders(dtype: mx.Dtype):
     from mlx.utils import tree_flatten
 
-    from lfm2_mlx.detokenizer import Detokenizer, DetokenizerConfig
-    from lfm2_mlx.mimi import load_mimi
+    from lfm2_mlx.decoders.detokenizer import Detokenizer, DetokenizerConfig
+    from lfm2_mlx.decoders.mimi import load_mimi
 
     d = Path(tempfile.mkdtemp(prefix="lfm2-latency-"))
     checkpoints.add_mimi(d)
-    mimi = load_mimi(d, dtype=dtype)
+    mimi = load_mimi(d, dtype=dtype, filename=MIMI_FILE)
     detok = Detokenizer(DetokenizerConfig.from_dict(DETOKENIZER_CONFIG))
     golden = checkpoints._golden("detokenizer")
     shapes = [(k, list(v.shape)) for k, v in tree_flatten(detok.parameters())]
     weights = golden.random_checkpoint(shapes)
-    detok.load_weights([(k, mx.array(v).astype(mx.float32 if k == "istft.window" else dtype))
-                        for k, v in weights.items()], strict=True)
+    detok.load_weights(
+        [(k, mx.array(v).astype(mx.float32 if k == "istft.window" else dtype)) for k, v in weights.items()],
+        strict=True,
+    )
     mx.eval(detok.parameters())
     return {"mimi": mimi, "detokenizer": detok}
 
@@ -94,9 +115,11 @@ def main() -> None:
     results = {}
     for name, dec in build_decoders(DTYPES[args.dtype]).items():
         results[name] = r = measure(dec, args.frames, rng)
-        print(f"{name:12s} frame->PCM latency median {r['latency_ms_median']:.1f} ms (p90 "
-              f"{r['latency_ms_p90']:.1f}); streaming {r['stream_frames_per_s']:.1f} frames/s; whole "
-              f"{r['whole_frames_per_s']:.1f} frames/s (real time: 12.5)")
+        print(
+            f"{name:12s} frame->PCM latency median {r['latency_ms_median']:.1f} ms (p90 "
+            f"{r['latency_ms_p90']:.1f}); streaming {r['stream_frames_per_s']:.1f} frames/s; whole "
+            f"{r['whole_frames_per_s']:.1f} frames/s (real time: 12.5)"
+        )
     results["device"] = str(mx.default_device())
     results["dtype"] = args.dtype
     if args.json:

@@ -30,16 +30,16 @@ import tempfile
 import time
 from pathlib import Path
 
+# The test checkpoints and the scripted user live with the tests, not in the installed package.
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import checkpoints  # noqa: E402
+import checkpoints
+from audio_doubles import Mark, RecordingSink, ScriptedSource, Silence, WaitUntil
 
-from lfm2_mlx.audio_devices import Mark, RecordingSink, ScriptedSource, Silence, WaitUntil  # noqa: E402
-from lfm2_mlx.live import LiveChat  # noqa: E402
-from lfm2_mlx.vad import VadTurns, make_vad  # noqa: E402
-
-RATE = 16000
+from lfm2_mlx.audio_io import SAMPLE_RATE_IN as RATE
+from lfm2_mlx.live import LiveChat
+from lfm2_mlx.live.vad import VadTurns, make_vad
 
 
 def full_size_model(dtype: str):
@@ -50,8 +50,8 @@ def full_size_model(dtype: str):
 
     from lfm2_mlx.api import LFM2Audio
     from lfm2_mlx.chat import Tokenizer
-    from lfm2_mlx.detokenizer import Detokenizer, DetokenizerConfig
-    from lfm2_mlx.model import Model, ModelConfig
+    from lfm2_mlx.decoders.detokenizer import Detokenizer, DetokenizerConfig
+    from lfm2_mlx.models.lfm2_audio import Model, ModelConfig
 
     cfg = copy.deepcopy(checkpoints.load_manifest("core_chat")["config"])
     cfg["lfm"].update(

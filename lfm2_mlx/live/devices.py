@@ -3,25 +3,25 @@
 `AudioSource.read(n)` blocks until it has `n` mono float32 samples (fewer, possibly none, once
 the input has ended); `AudioSink.write(pcm)` queues samples for playback and returns at once,
 `AudioSink.stop()` drops whatever is queued (barge-in). The sound card goes through
-`sounddevice` (PortAudio), an optional extra imported only when a device is opened. The
-scripted source and the recording sink let the whole live loop run without a sound card: they
-drive the tests and `tools/live_latency.py`.
+`sounddevice` (PortAudio), an optional extra imported only when a device is opened. Anything
+else with these methods works too: the tests and `tools/live_latency.py` drive the loop with a
+scripted user and a recording sink (`tests/audio_doubles.py`), no sound card needed.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence, Union
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
+from ..audio_io import SAMPLE_RATE_IN, SAMPLE_RATE_OUT
 from .vad import LiveError
 
-Device = Union[int, str, None]  # PortAudio index, a substring of the device name, or the default
+Device = int | str | None  # PortAudio index, a substring of the device name, or the default
 
 
 class AudioSource(Protocol):
@@ -65,9 +65,12 @@ def import_sounddevice() -> Any:
     return sounddevice
 
 
-def parse_device(text: Optional[str]) -> Device:
-    """A --input-device / --output-device value: an index if it is a number, else a name part."""
-    if text is None or text == "":
+def parse_device(text: Device) -> Device:
+    """A --input-device / --output-device value: an index if it is a number, else a name part
+    (an int passes through, so the Python API takes either)."""
+    if text is None or isinstance(text, int):
+        return text
+    if text == "":
         return None
     return int(text) if text.strip().lstrip("-").isdigit() else text
 
@@ -116,15 +119,15 @@ class MicrophoneSource:
     def __init__(
         self,
         device: Device = None,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE_IN,
         block: int = 512,
-        on_warning: Optional[Callable[[str], None]] = None,
+        on_warning: Callable[[str], None] | None = None,
         silent_warning_s: float = 3.0,
         stall_timeout_s: float = 5.0,
     ):
         sd = import_sounddevice()
         self.sample_rate = sample_rate
-        self._queue: "queue.Queue[np.ndarray]" = queue.Queue()
+        self._queue: queue.Queue[np.ndarray] = queue.Queue()
         self._buffer = np.zeros(0, dtype=np.float32)
         self.overflows = 0
         self._on_warning = on_warning
@@ -182,7 +185,7 @@ class SpeakerSink:
     """Playback through sounddevice: `write` appends to a queue that PortAudio's callback plays
     from, so `stop` silences the output within one device buffer."""
 
-    def __init__(self, device: Device = None, sample_rate: int = 24000):
+    def __init__(self, device: Device = None, sample_rate: int = SAMPLE_RATE_OUT):
         sd = import_sounddevice()
         self.sample_rate = sample_rate
         self._chunks: deque = deque()
@@ -243,170 +246,3 @@ class SpeakerSink:
     def close(self) -> None:
         self._stream.stop()
         self._stream.close()
-
-
-# ---- without a sound card ------------------------------------------------------------------
-@dataclass
-class Silence:
-    """`seconds` of silence, with Gaussian noise of standard deviation `noise` if non-zero."""
-
-    seconds: float
-    noise: float = 0.0
-
-
-@dataclass
-class WaitUntil:
-    """Silence (as `Silence.noise`) until `predicate()` holds; gives up after `timeout` seconds
-    of wall time and records the timeout in `ScriptedSource.timeouts`."""
-
-    predicate: Callable[[], bool]
-    timeout: float = 60.0
-    noise: float = 0.0
-    name: str = ""
-
-
-@dataclass
-class Call:
-    """Run `fn()` when the input reaches this point (e.g. press the push-to-talk key)."""
-
-    fn: Callable[[], None]
-
-
-@dataclass
-class Mark:
-    """Record in `ScriptedSource.marks[name]` the input position of this point and its wall
-    time: when a microphone would have delivered it (`realtime`), else when the read reaching
-    it returned."""
-
-    name: str
-
-
-Segment = Union[np.ndarray, Silence, WaitUntil, Call, Mark]
-
-
-class ScriptedSource:
-    """A scripted user: plays clips, silences and waits in order, then ends.
-
-    Not real time by default: reads return as fast as the loop asks, except inside `WaitUntil`,
-    which sleeps `poll` seconds per read while it waits. With `realtime=True` every sample is
-    delivered no earlier than it would come from a microphone."""
-
-    def __init__(
-        self,
-        script: Sequence[Segment],
-        sample_rate: int = 16000,
-        realtime: bool = False,
-        poll: float = 0.005,
-        seed: int = 0,
-    ):
-        self.sample_rate = sample_rate
-        self.realtime = realtime
-        self.poll = poll
-        self._script = list(script)
-        self._index = 0
-        self._offset = 0  # samples already taken from the current segment
-        self._wait_start: Optional[float] = None
-        self._rng = np.random.default_rng(seed)
-        self._t0: Optional[float] = None
-        self.position = 0
-        self.marks: dict[str, tuple[int, float]] = {}
-        self._pending_marks: list[tuple[str, int]] = []
-        self.timeouts: list[str] = []
-
-    def _silence(self, n: int, noise: float) -> np.ndarray:
-        if noise == 0.0:
-            return np.zeros(n, dtype=np.float32)
-        return (noise * self._rng.standard_normal(n)).astype(np.float32)
-
-    def read(self, n: int) -> np.ndarray:
-        if self._t0 is None:
-            self._t0 = time.monotonic()
-        out: list[np.ndarray] = []
-        need = n
-        waited = False
-        while need > 0 and self._index < len(self._script):
-            seg = self._script[self._index]
-            if isinstance(seg, (Call, Mark)):
-                if isinstance(seg, Call):
-                    seg.fn()
-                else:
-                    self._pending_marks.append((seg.name, self.position + n - need))
-                self._next()
-            elif isinstance(seg, WaitUntil):
-                if self._wait_start is None:
-                    self._wait_start = time.monotonic()
-                if seg.predicate():
-                    self._next()
-                elif time.monotonic() - self._wait_start > seg.timeout:
-                    self.timeouts.append(seg.name or f"segment {self._index}")
-                    self._next()
-                else:
-                    out.append(self._silence(need, seg.noise))
-                    need = 0
-                    waited = True
-            else:
-                if isinstance(seg, Silence):
-                    total = round(seg.seconds * self.sample_rate)
-                    k = min(need, total - self._offset)
-                    out.append(self._silence(k, seg.noise))
-                else:
-                    total = len(seg)
-                    k = min(need, total - self._offset)
-                    out.append(np.asarray(seg[self._offset : self._offset + k], dtype=np.float32))
-                self._offset += k
-                need -= k
-                if self._offset >= total:
-                    self._next()
-        block = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-        self.position += len(block)
-        if self.realtime:
-            delay = self._t0 + self.position / self.sample_rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        elif waited:
-            time.sleep(self.poll)
-        now = time.monotonic()
-        for name, pos in self._pending_marks:
-            # In real time the sample at `pos` exists at t0 + pos / rate, as from a microphone.
-            self.marks[name] = (pos, self._t0 + pos / self.sample_rate if self.realtime else now)
-        self._pending_marks.clear()
-        return block
-
-    def _next(self) -> None:
-        self._index += 1
-        self._offset = 0
-        self._wait_start = None
-
-    def close(self) -> None:
-        pass
-
-
-class RecordingSink:
-    """Records what the loop plays: every write (with its wall time) and every stop."""
-
-    def __init__(self, sample_rate: int = 24000):
-        self.sample_rate = sample_rate
-        self._lock = threading.Lock()
-        self.chunks: list[np.ndarray] = []
-        self.writes: list[tuple[float, int]] = []  # (time.monotonic(), samples)
-        self.stops: list[tuple[float, int]] = []  # (time.monotonic(), samples written before it)
-
-    def write(self, pcm: np.ndarray) -> None:
-        with self._lock:
-            self.chunks.append(np.array(pcm, dtype=np.float32).reshape(-1))
-            self.writes.append((time.monotonic(), len(self.chunks[-1])))
-
-    def stop(self) -> None:
-        with self._lock:
-            self.stops.append((time.monotonic(), sum(n for _, n in self.writes)))
-
-    def pending(self) -> float:
-        return 0.0
-
-    @property
-    def audio(self) -> np.ndarray:
-        with self._lock:
-            return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.float32)
-
-    def close(self) -> None:
-        pass

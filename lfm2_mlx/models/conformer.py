@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
+from mlx import nn
 
 # mha.py: masked scores are filled with -INF_VAL (not -inf) before the softmax.
 INF_VAL = 10000.0
@@ -91,6 +91,7 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
+        """The config.json "encoder" section; every field is required, unknown keys are ignored."""
         names = [f.name for f in fields(cls)]
         for name in names:
             if name not in d:
@@ -99,6 +100,7 @@ class EncoderConfig:
 
     @property
     def conv_channels(self) -> int:
+        """Channels of the subsampling convs (-1 in the config means d_model)."""
         return self.d_model if self.subsampling_conv_channels == -1 else self.subsampling_conv_channels
 
 
@@ -168,6 +170,8 @@ def rel_shift(x: mx.array) -> mx.array:
 
 
 class RelPositionMultiHeadAttention(nn.Module):
+    """NeMo's relative-position self-attention (Transformer-XL style, untied u/v biases)."""
+
     def __init__(self, n_heads: int, d_model: int):
         super().__init__()
         self.h = n_heads
@@ -203,6 +207,8 @@ class RelPositionMultiHeadAttention(nn.Module):
 
 
 class ConformerConvolution(nn.Module):
+    """Pointwise conv + GLU, depthwise conv + batch norm + SiLU, pointwise conv."""
+
     def __init__(self, d_model: int, kernel_size: int):
         super().__init__()
         self.pointwise_conv1 = nn.Conv1d(d_model, 2 * d_model, kernel_size=1)
@@ -221,6 +227,8 @@ class ConformerConvolution(nn.Module):
 
 
 class ConformerFeedForward(nn.Module):
+    """Linear -> SiLU -> Linear."""
+
     def __init__(self, d_model: int, d_ff: int):
         super().__init__()
         self.linear1 = nn.Linear(d_model, d_ff)

@@ -11,7 +11,7 @@ names one to one.
 from __future__ import annotations
 
 import mlx.core as mx
-import mlx.nn as nn
+from mlx import nn
 
 
 class ConvTranspose1d(nn.Module):
@@ -67,12 +67,16 @@ class ConvTranspose1d(nn.Module):
 
 
 class NormConv1d(nn.Module):
+    """Key-path wrapper: ``<layer>.conv.conv`` (the reference's norm is "none")."""
+
     def __init__(self, *args, **kwargs):
         super().__init__()
         self.conv = nn.Conv1d(*args, **kwargs)
 
 
 class NormConvTranspose1d(nn.Module):
+    """Key-path wrapper: ``<layer>.convtr.convtr``."""
+
     def __init__(self, *args, **kwargs):
         super().__init__()
         self.convtr = ConvTranspose1d(*args, **kwargs)
@@ -109,6 +113,7 @@ class StreamingConv1d(nn.Module):
         self.history = (kernel_size - 1) * dilation + 1 - stride
 
     def initial_state(self, batch: int, dtype: mx.Dtype) -> mx.array | None:
+        """Zeros for the ``history`` samples before the stream (None when there are none)."""
         if self.history == 0:
             return None
         return mx.zeros((batch, self.history, self.in_channels), dtype=dtype)
@@ -145,6 +150,7 @@ class StreamingConvTranspose1d(nn.Module):
             raise ValueError(f"kernel_size {kernel_size} must exceed stride {stride}")
 
     def initial_state(self, batch: int, dtype: mx.Dtype) -> mx.array:
+        """Zeros: no overlap is pending before the stream."""
         return mx.zeros((batch, self.overlap, self.out_channels), dtype=dtype)
 
     def __call__(self, x: mx.array, state: mx.array | None = None) -> tuple[mx.array, mx.array]:
@@ -157,3 +163,11 @@ class StreamingConvTranspose1d(nn.Module):
         if "bias" in convtr:
             tail = tail - convtr.bias
         return y[:, :-p], tail
+
+
+def torch_convtr_weight(w: mx.array, groups: int) -> mx.array:
+    """A PyTorch ConvTranspose1d weight (in, out // groups, k) in the layout `ConvTranspose1d`
+    takes, (out, k, in // groups)."""
+    cin, cout_g, k = w.shape
+    w = w.reshape(groups, cin // groups, cout_g, k).transpose(0, 2, 3, 1)
+    return w.reshape(groups * cout_g, k, cin // groups)

@@ -13,122 +13,110 @@ frames it has returned 1920 * n - 480 samples; the last 480 still miss the overl
 next frame's window (or the end-of-signal envelope), and `flush` returns them.
 """
 
+from __future__ import annotations
+
 import json
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 from mlx_lm.models import lfm2
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import ArraysCache, RotatingKVCache
 
+from ..audio_io import SAMPLE_RATE_OUT
+from ..chat import AUDIO_EOS
+from ..models.lfm2_args import LFM2_DEFAULTS, ff_dim, model_args, rope_theta
+
 # Constants that the reference hard-codes rather than reads from config.json
 # (liquid_audio/detokenizer.py: FusedEmbedding, the x6 interpolate, ISTFT(1280, 320, 1280, "same")).
+# Each of the 8 codebooks has AUDIO_EOS (2048) codes; end-of-audio itself has no row here.
 N_CODEBOOKS = 8
-CODEBOOK_SIZE = 2048
 UPSAMPLE = 6  # 12.5 Hz code frames -> 75 Hz STFT frames
 N_FFT = 1280
 HOP = 320
 TRIM = (N_FFT - HOP) // 2  # "same" padding: 480 samples cut from each end
 OVERLAP = N_FFT // HOP  # each window spans 4 hops
-SAMPLE_RATE = 24000  # UPSAMPLE * HOP = 1920 samples per 12.5 Hz code frame
+# UPSAMPLE * HOP = 1920 samples per 12.5 Hz code frame at SAMPLE_RATE_OUT (24 kHz).
+
+# The config's layer kinds; the reference attends through a window on both attention kinds.
+_LAYER_TYPES = ("conv", "sliding_attention", "full_attention")
+_WHERE = "detokenizer config"
 
 
 @dataclass
 class DetokenizerConfig:
+    """`audio_detokenizer/config.json`: the detokenizer's LFM2 stack (llama.cpp-style keys)."""
+
     hidden_size: int
     num_hidden_layers: int
     num_attention_heads: int
     num_key_value_heads: int
     layer_types: list[str]
     intermediate_size: int
-    # Defaults below are transformers' Lfm2Config ones, which the reference falls back on.
-    vocab_size: int = 65536
-    norm_eps: float = 1e-5
-    conv_bias: bool = False
-    conv_L_cache: int = 3
-    block_multiple_of: int = 256
-    block_ffn_dim_multiplier: float | None = 1.0
-    block_auto_adjust_ff_dim: bool = True
-    rope_theta: float = 1_000_000.0
+    # Optional keys take transformers' Lfm2Config defaults, which the reference falls back on.
+    vocab_size: int = LFM2_DEFAULTS["vocab_size"]
+    norm_eps: float = LFM2_DEFAULTS["norm_eps"]
+    conv_bias: bool = LFM2_DEFAULTS["conv_bias"]
+    conv_L_cache: int = LFM2_DEFAULTS["conv_L_cache"]
+    block_multiple_of: int = LFM2_DEFAULTS["block_multiple_of"]
+    block_ffn_dim_multiplier: float | None = LFM2_DEFAULTS["block_ffn_dim_multiplier"]
+    block_auto_adjust_ff_dim: bool = LFM2_DEFAULTS["block_auto_adjust_ff_dim"]
+    rope_theta: float = LFM2_DEFAULTS["rope_theta"]
     # `getattr(backbone_config, "sliding_window", 30)` in LFM2AudioDetokenizer
     sliding_window: int = 30
+    head_dim: int | None = None  # checked against hidden_size / num_attention_heads when given
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DetokenizerConfig":
-        """Read an `audio_detokenizer/config.json` (llama.cpp-style LFM2 config); unknown keys are ignored."""
+    def from_dict(cls, d: dict[str, Any]) -> DetokenizerConfig:
+        """Read an `audio_detokenizer/config.json`; unknown keys are ignored, missing required ones
+        and values the model cannot build are a ValueError naming them."""
         d = dict(d)
         # Lfm2Config lets the llama.cpp name `block_ff_dim` override `intermediate_size`.
         if "block_ff_dim" in d:
             d["intermediate_size"] = d["block_ff_dim"]
-        rope = d.get("rope_parameters") or {}
-        if rope.get("rope_type", "default") != "default":
-            raise ValueError(f"detokenizer config: rope_type {rope['rope_type']!r} is not supported")
-        if "rope_theta" in rope:
-            d["rope_theta"] = rope["rope_theta"]
+        d["rope_theta"] = rope_theta(d, _WHERE)
         for f in fields(cls):
             if f.default is MISSING and f.name not in d:
                 alias = " (or 'block_ff_dim')" if f.name == "intermediate_size" else ""
-                raise ValueError(f"detokenizer config is missing required key {f.name!r}{alias}")
+                raise ValueError(f"{_WHERE} is missing required key {f.name!r}{alias}")
         config = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-        head_dim = d.get("head_dim")
-        if head_dim is not None and head_dim != config.hidden_size // config.num_attention_heads:
-            raise ValueError(f"detokenizer config: head_dim {head_dim} != hidden_size / num_attention_heads")
-        if len(config.layer_types) != config.num_hidden_layers:
-            raise ValueError(
-                f"detokenizer config: {len(config.layer_types)} layer_types for "
-                f"{config.num_hidden_layers} layers"
-            )
-        unknown = set(config.layer_types) - {"conv", "sliding_attention", "full_attention"}
+        unknown = set(config.layer_types) - set(_LAYER_TYPES)
         if unknown:
-            raise ValueError(f"detokenizer config: unknown layer types {sorted(unknown)}")
+            raise ValueError(f"{_WHERE}: unknown layer types {sorted(unknown)}")
+        config.lfm2_args()  # the backbone builder's own checks (head_dim, layer count), up front
         return config
 
     def ff_dim(self) -> int:
-        # transformers' Lfm2MLP rounds to block_multiple_of only when a multiplier is set; mlx-lm
-        # always rounds, so the final width is worked out here and handed over un-adjusted.
-        ff = self.intermediate_size
-        if self.block_auto_adjust_ff_dim:
-            ff = int(2 * ff / 3)
-            if self.block_ffn_dim_multiplier is not None:
-                ff = int(self.block_ffn_dim_multiplier * ff)
-                ff = self.block_multiple_of * ((ff + self.block_multiple_of - 1) // self.block_multiple_of)
-        return ff
+        """The FFN width the reference builds (transformers' rule, see `lfm2_args.ff_dim`)."""
+        return ff_dim(
+            self.intermediate_size,
+            self.block_auto_adjust_ff_dim,
+            self.block_ffn_dim_multiplier,
+            self.block_multiple_of,
+        )
 
     def lfm2_args(self) -> lfm2.ModelArgs:
-        return lfm2.ModelArgs(
-            model_type="lfm2",
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_key_value_heads,
-            max_position_embeddings=128_000,  # unused by the layers
-            norm_eps=self.norm_eps,
-            conv_bias=self.conv_bias,
-            conv_L_cache=self.conv_L_cache,
-            block_dim=self.hidden_size,
-            block_multiple_of=self.block_multiple_of,
-            block_ffn_dim_multiplier=self.block_ffn_dim_multiplier,
-            block_auto_adjust_ff_dim=False,
-            block_ff_dim=self.ff_dim(),
-            rope_theta=self.rope_theta,
-            # The reference renames "sliding_attention" to "full_attention" and imposes the window
-            # through its own mask on every attention layer; decode() does the same.
-            layer_types=["conv" if t == "conv" else "full_attention" for t in self.layer_types],
-        )
+        """mlx-lm's arguments for this stack."""
+        # The reference renames "sliding_attention" to "full_attention" and imposes the window
+        # through its own mask on every attention layer; decode() does the same.
+        kinds = ["conv" if t == "conv" else "full_attention" for t in self.layer_types]
+        return model_args({**asdict(self), "layer_types": kinds}, _WHERE)
 
 
 class FusedEmbedding(nn.Module):
+    """One table for the 8 codebooks (codebook k at rows k * AUDIO_EOS...); a frame is the mean
+    of its 8 code embeddings."""
+
     def __init__(self, dim: int):
         super().__init__()
-        self.emb = nn.Embedding(N_CODEBOOKS * CODEBOOK_SIZE, dim)
+        self.emb = nn.Embedding(N_CODEBOOKS * AUDIO_EOS, dim)
 
     def __call__(self, codes: mx.array) -> mx.array:
-        offsets = mx.arange(N_CODEBOOKS)[:, None] * CODEBOOK_SIZE
+        offsets = mx.arange(N_CODEBOOKS)[:, None] * AUDIO_EOS
         return self.emb(codes + offsets).mean(axis=1)  # (B, 8, T) -> (B, T, D)
 
 
@@ -148,12 +136,12 @@ class ISTFT(nn.Module):
         self.window = mx.zeros((N_FFT,))
 
     def frames(self, spec: mx.array) -> mx.array:
-        # (B, F, N_FFT // 2 + 1) complex -> (B, F, N_FFT) windowed frames
+        """(B, F, N_FFT // 2 + 1) complex spectra -> (B, F, N_FFT) windowed frames."""
         return mx.fft.irfft(spec, n=N_FFT, axis=-1) * self.window
 
     def envelope(self, first_chunk: int, n_chunks: int, n_frames: int) -> mx.array:
-        # Sum of squared windows over the frames 0..n_frames-1 that overlap each hop chunk:
-        # the `fold` of window**2 in the reference, including its thinner edges.
+        """Sum of squared windows over the frames 0..n_frames-1 that overlap each hop chunk:
+        the `fold` of window**2 in the reference, including its thinner edges."""
         m = mx.arange(first_chunk, first_chunk + n_chunks)[:, None] - mx.arange(OVERLAP)
         present = ((m >= 0) & (m < n_frames)).astype(mx.float32)  # (n_chunks, OVERLAP)
         return (present @ mx.square(self.window).reshape(OVERLAP, HOP)).reshape(-1)
@@ -163,7 +151,9 @@ class ISTFT(nn.Module):
         y = _overlap_add(self.frames(spec)).reshape(B, -1)[:, TRIM:-TRIM]
         return y / self.envelope(0, F + OVERLAP - 1, F)[TRIM:-TRIM]
 
-    def step(self, spec: mx.array, cache: "DetokenizerCache") -> mx.array:
+    def step(self, spec: mx.array, cache: DetokenizerCache) -> mx.array:
+        """The samples that the next frames' overlap can no longer change; the rest wait in
+        ``cache.tail``."""
         B, F, _ = spec.shape
         chunks = _overlap_add(self.frames(spec))
         if cache.tail is not None:
@@ -175,7 +165,8 @@ class ISTFT(nn.Module):
         cache.frames += F
         return _drop_leading(y, cache)
 
-    def flush(self, cache: "DetokenizerCache") -> mx.array:
+    def flush(self, cache: DetokenizerCache) -> mx.array:
+        """The held-back tail, normalised by the end-of-signal envelope."""
         if cache.tail is None:
             return mx.zeros((cache.batch, 0), dtype=mx.float32)
         keep = (OVERLAP - 1) * HOP - TRIM  # the tail minus the "same" padding at the end
@@ -184,7 +175,7 @@ class ISTFT(nn.Module):
         return _drop_leading(y, cache)
 
 
-def _drop_leading(y: mx.array, cache: "DetokenizerCache") -> mx.array:
+def _drop_leading(y: mx.array, cache: DetokenizerCache) -> mx.array:
     # The "same" padding at the start of the signal, possibly spread over several calls.
     n = min(cache.skip, y.shape[1])
     cache.skip -= n
@@ -211,16 +202,18 @@ def _host_codes(codes: mx.array | np.ndarray) -> np.ndarray:
         raise ValueError(f"expected audio codes of shape (B, {N_CODEBOOKS}, T), got {host.shape}")
     if not np.issubdtype(host.dtype, np.integer):
         raise ValueError(f"expected integer audio codes, got {host.dtype}")
-    if host.size and (host.min() < 0 or host.max() >= CODEBOOK_SIZE):
+    if host.size and (host.min() < 0 or host.max() >= AUDIO_EOS):
         raise ValueError(
-            f"audio codes must lie in 0..{CODEBOOK_SIZE - 1} (end-of-audio {CODEBOOK_SIZE} must be "
+            f"audio codes must lie in 0..{AUDIO_EOS - 1} (end-of-audio {AUDIO_EOS} must be "
             f"dropped before decoding); got values from {host.min()} to {host.max()}"
         )
     return host
 
 
 class Detokenizer(nn.Module):
-    sample_rate = SAMPLE_RATE
+    """Audio codes (B, 8, T) -> 24 kHz waveform, whole (`decode`) or streaming (`decode_step`)."""
+
+    sample_rate = SAMPLE_RATE_OUT
 
     def __init__(self, config: DetokenizerConfig):
         super().__init__()
@@ -257,6 +250,7 @@ class Detokenizer(nn.Module):
         return self.istft(self._spectrum(codes, None))
 
     def make_cache(self, batch: int = 1) -> DetokenizerCache:
+        """A fresh streaming state for ``batch`` streams."""
         window = self.config.sliding_window
         layers = [
             RotatingKVCache(max_size=window) if layer.is_attention_layer else ArraysCache(size=1)
@@ -286,8 +280,9 @@ class Detokenizer(nn.Module):
         return self.istft.flush(cache)
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
-        # Depthwise conv weights (C, 1, K) from PyTorch become channels-last (C, K, 1). The files
-        # are always in the PyTorch layout (the converter copies them as they are): no guessing.
+        """Checkpoint tensors -> this module's: depthwise conv weights (C, 1, K) from PyTorch become
+        channels-last (C, K, 1). The files are always in the PyTorch layout (the converter copies
+        them as they are), so nothing is guessed from shapes."""
         return {k: v.transpose(0, 2, 1) if k.endswith("conv.conv.weight") else v for k, v in weights.items()}
 
 

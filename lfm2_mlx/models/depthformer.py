@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
+from mlx import nn
+
+from .lfm2_args import ff_dim
 
 # Not stored in config.json: liquid_audio/model/transformer.py `MHA` defaults (32 heads, gqa_dim 8,
 # theta 1e6, qk RMSNorm eps 1e-5) and `StandardBlock`/`GLU` (ff 4*dim -> SwiGLU, multiple of 256).
@@ -25,15 +27,16 @@ DEPTHFORMER_FF_MULTIPLE_OF = 256
 
 @dataclass
 class DepthformerConfig:
+    """config.json "depthformer": depth, width, and whether each head is tied to its embedding."""
+
     layers: int
     dim: int
     tie: bool
 
     @property
     def ff_dim(self) -> int:
-        ff = int(2 * (4 * self.dim) / 3)
-        m = DEPTHFORMER_FF_MULTIPLE_OF
-        return m * ((ff + m - 1) // m)
+        """The GLU width: LFM2's rule on 4 x dim (the reference builds its blocks that way)."""
+        return ff_dim(4 * self.dim, True, 1.0, DEPTHFORMER_FF_MULTIPLE_OF)
 
 
 class RMSNorm(nn.Module):
@@ -49,7 +52,8 @@ class RMSNorm(nn.Module):
 
 
 class BoundedAttention(nn.Module):
-    # Holds only the qk norms; named after the reference so checkpoint keys load as they are.
+    """Holds only the q/k norms; named after the reference so checkpoint keys load as they are."""
+
     def __init__(self, head_dim: int):
         super().__init__()
         self.q_layernorm = RMSNorm(head_dim)
@@ -57,6 +61,8 @@ class BoundedAttention(nn.Module):
 
 
 class MHA(nn.Module):
+    """Grouped-query attention with q/k RMS norms and RoPE; the cache is (keys, values)."""
+
     def __init__(self, dim: int):
         super().__init__()
         self.n_heads = DEPTHFORMER_HEADS
@@ -88,6 +94,8 @@ class MHA(nn.Module):
 
 
 class GLU(nn.Module):
+    """SwiGLU feed-forward: w2(silu(w1 x) * w3 x)."""
+
     def __init__(self, dim: int, ff_dim: int):
         super().__init__()
         self.w1 = nn.Linear(dim, ff_dim, bias=False)
@@ -99,6 +107,8 @@ class GLU(nn.Module):
 
 
 class StandardBlock(nn.Module):
+    """Pre-norm attention then pre-norm GLU, both residual."""
+
     def __init__(self, cfg: DepthformerConfig):
         super().__init__()
         self.operator = MHA(cfg.dim)
@@ -142,5 +152,6 @@ class SharedEmbedding(nn.Module):
             self.to_logits = nn.Linear(dim, vocab_size, bias=False)
 
     def logits(self, x: mx.array) -> mx.array:
+        """Normed states (..., dim) -> (..., vocab_size) logits through the head."""
         x = self.embedding_norm(x)
         return self.embedding.as_linear(x) if self.tie else self.to_logits(x)

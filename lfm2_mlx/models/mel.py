@@ -61,6 +61,7 @@ class PreprocessorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessorConfig:
+        """The config.json "preprocessor" section; every field is required, unknown keys ignored."""
         names = [f.name for f in fields(cls)]
         for name in names:
             if name not in d:
@@ -69,11 +70,13 @@ class PreprocessorConfig:
 
     @property
     def win_length(self) -> int:
+        """STFT window in samples."""
         # Same truncation as AudioToMelSpectrogramPreprocessor: int(0.025 * 16000) == 400.
         return int(self.window_size * self.sample_rate)
 
     @property
     def hop_length(self) -> int:
+        """STFT hop in samples."""
         return int(self.window_stride * self.sample_rate)
 
 

@@ -1,0 +1,1 @@
+"""Audio-out decoders (codes -> 24 kHz PCM): Mimi and the LFM2.5 detokenizer, whole and streaming."""

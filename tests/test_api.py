@@ -1,0 +1,244 @@
+"""The library owns every behaviour the surfaces show: long-form transcription, the silence and
+no-audio policies, sentence splitting of long TTS text, prompt selection per checkpoint and
+language, history files, and the checks on audio inputs and output paths."""
+
+import os
+import struct
+import sys
+import threading
+import time
+
+import checkpoints
+import numpy as np
+import pytest
+import soundfile as sf
+from checkpoints import clip
+
+import lfm2_mlx
+from lfm2_mlx.audio_io import AudioWriter, check_audio_output, open_audio, read_audio
+from lfm2_mlx.errors import (
+    AudioError,
+    HistoryError,
+    InputError,
+    NoAudioError,
+    OutputError,
+    SilentAudioError,
+)
+from lfm2_mlx.recipes import card_languages
+from lfm2_mlx.transcribe import transcribe
+
+TTS_TEXT = "Hello there, how are you today?"
+
+
+@pytest.fixture(scope="module")
+def tts_dir(tmp_path_factory):
+    return checkpoints.build_full("core_tts", tmp_path_factory.mktemp("api_tts"))
+
+
+@pytest.fixture(scope="module")
+def tts(tts_dir):
+    return lfm2_mlx.load(tts_dir, dtype="float32")
+
+
+def linked_copy(src, dst, readme=None):
+    """The checkpoint at `src` under another name (files linked, not copied), with a model card."""
+    dst.mkdir()
+    for item in src.iterdir():
+        (dst / item.name).symlink_to(item)
+    if readme is not None:
+        (dst / "README.md").write_text(readme)
+    return dst
+
+
+# ---- transcription -------------------------------------------------------------------------------
+def test_transcribe_is_long_form_and_equals_the_window_driver(load_model):
+    m = load_model("core_asr")
+    audio = (clip(5.0, seed=3), 16000)
+    kw = {"chunk_length": 2.0, "overlap": 0.5, "max_new_tokens": 8}
+    segments = list(m.transcribe_segments(audio, **kw))
+    assert len(segments) >= 3 and segments[-1].end == pytest.approx(5.0)
+    want = transcribe(m, audio, **kw)
+    assert m.transcribe(audio, **kw) == want.text.strip()
+    assert "".join(m.transcribe_stream(audio, **kw)).strip() == want.text.strip()
+    assert [s.tokens for s in segments] == [s.tokens for s in want.segments]
+
+
+def test_one_window_streams_token_by_token_and_matches_the_window_path(load_model):
+    m = load_model("core_asr")
+    audio = (clip(1.2, seed=1), 16000)
+    pieces = list(m.transcribe_stream(audio, max_new_tokens=12))
+    assert len(pieces) > 1  # streamed as generated, not once at the end
+    assert "".join(pieces).strip() == transcribe(m, audio, max_new_tokens=12).text
+
+
+@pytest.mark.parametrize("seconds", [3.0, 40.0])
+def test_silence_is_refused_by_the_library(load_model, seconds):
+    m = load_model("core_asr")
+    silent = (np.zeros(int(seconds * 16000), dtype=np.float32), 16000)
+    with pytest.raises(SilentAudioError, match="silent"):
+        m.transcribe(silent, max_new_tokens=4)
+    with pytest.raises(SilentAudioError):
+        list(m.transcribe_stream(silent, max_new_tokens=4))
+
+
+# ---- speech --------------------------------------------------------------------------------------
+def test_long_text_is_split_at_sentence_ends_by_the_library(tts):
+    text = "Hello there. How are you today? Good morning!"
+    from lfm2_mlx.text import split_sentences
+
+    pieces = split_sentences(text, 20)
+    assert pieces == ["Hello there.", "How are you today?", "Good morning!"]
+    kw = {"max_new_tokens": 16, "seed": 0}
+    chunks = list(tts.speak_chunks(text, max_chars=20, **kw))
+    assert sorted({c.piece for c in chunks}) == [0, 1, 2]
+    # Each piece is its own generation: the whole is the pieces spoken one by one, in order.
+    whole = tts.speak(text, max_chars=20, **kw)
+    one_by_one = np.concatenate([tts.speak(p, max_chars=0, **kw) for p in pieces])
+    np.testing.assert_array_equal(whole, one_by_one)
+    assert len(tts.speak(text, max_chars=0, **kw)) != len(whole)
+
+
+def test_no_audio_is_an_error_not_an_empty_wave(tts):
+    with pytest.raises(NoAudioError, match="no audio"):
+        tts.speak(TTS_TEXT, max_new_tokens=1)
+    with pytest.raises(InputError, match="empty"):
+        tts.speak("   ")
+
+
+# ---- prompts and languages -----------------------------------------------------------------------
+def test_model_card_languages_are_read():
+    assert card_languages("---\nlanguage:\n- ja\n- en\nlicense: other\n---\n# x") == ["ja", "en"]
+    assert card_languages("---\nlicense: other\nlanguage: [en, ja]\n---\n") == ["en", "ja"]
+    assert card_languages("---\nlanguage: en\n---\n") == ["en"]
+    assert card_languages("# no front matter\nlanguage: ja\n") == []
+
+
+def test_japanese_checkpoint_uses_the_model_card_prompts(tts_dir, tmp_path):
+    card = "---\nlanguage:\n- ja\nlibrary_name: liquid-audio\n---\n# LFM2.5-Audio-1.5B-JP\n"
+    jp = lfm2_mlx.load(linked_copy(tts_dir, tmp_path / "ckpt", card), dtype="float32")
+    assert jp.languages == ("ja", "en")
+    assert jp.asr_prompt() == "Perform ASR in japanese."
+    assert jp.tts_prompt().startswith("Perform TTS in japanese.")
+    assert jp.asr_prompt("en") == "Perform ASR."
+    audio = (clip(1.0, seed=2), 16000)
+    assert jp.transcribe(audio, max_new_tokens=6) == jp.transcribe(
+        audio, max_new_tokens=6, system="Perform ASR in japanese."
+    )
+    with pytest.raises(InputError, match="supports: ja, en"):
+        jp.transcribe(audio, language="fr")
+    # Without a card, the Hub id / folder name tells (LiquidAI/LFM2.5-Audio-1.5B-JP).
+    named = lfm2_mlx.load(linked_copy(tts_dir, tmp_path / "LFM2.5-Audio-1.5B-JP"), dtype="float32")
+    assert named.language == "ja"
+
+
+def test_english_checkpoint_refuses_japanese(tts):
+    assert tts.languages == ("en",)
+    assert tts.tts_prompt() == "Perform TTS. Use the US male voice."
+    assert tts.tts_prompt(voice="uk  FEMALE") == "Perform TTS. Use the UK female voice."
+    with pytest.raises(InputError, match="supports: en"):
+        tts.asr_prompt("ja")
+    with pytest.raises(InputError, match="unknown voice"):
+        tts.tts_prompt(voice="alloy")
+
+
+# ---- history -------------------------------------------------------------------------------------
+def test_history_that_is_not_npz_is_refused_without_unpickling(tts, tmp_path):
+    from lfm2_mlx.api import ChatSession
+
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello")
+    pickled = tmp_path / "obj.npy"
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for path in (txt, pickled, tmp_path):
+        with pytest.raises(HistoryError) as e:
+            ChatSession.open(tts, path)
+        assert "allow_pickle" not in str(e.value) and str(path) in str(e.value)
+
+
+# ---- audio in ------------------------------------------------------------------------------------
+def wav_claiming(tmp_path, rate):
+    """A valid 16 kHz WAV whose header is then edited to claim `rate` Hz."""
+    f = tmp_path / f"rate{rate}.wav"
+    sf.write(f, clip(0.5, seed=1), 16000, subtype="PCM_16")
+    data = bytearray(f.read_bytes())
+    data[24:28] = struct.pack("<I", rate)
+    data[28:32] = struct.pack("<I", rate * 2)
+    f.write_bytes(bytes(data))
+    return f
+
+
+@pytest.mark.parametrize("rate", [1, 100, 10_000_000])
+def test_absurd_sample_rates_are_refused_up_front(tmp_path, rate):
+    f = wav_claiming(tmp_path, rate)
+    t = time.perf_counter()
+    for fn in (read_audio, open_audio):
+        with pytest.raises(AudioError, match=f"sample rate of {rate} Hz"):
+            fn(str(f))
+    with pytest.raises(AudioError, match="sample rate"):
+        read_audio(np.zeros(100, dtype=np.float32), sample_rate=rate)
+    assert time.perf_counter() - t < 5
+
+
+def test_empty_file_says_empty(tmp_path):
+    f = tmp_path / "zero.wav"
+    f.write_bytes(b"")
+    for fn in (read_audio, open_audio):
+        with pytest.raises(AudioError, match="zero.wav is empty"):
+            fn(str(f))
+    with pytest.raises(AudioError, match="empty"):
+        read_audio(b"")
+
+
+def test_audio_from_stdin_and_pipes(tmp_path, monkeypatch):
+    x = clip(0.7, seed=5, rate=22050)
+    f = tmp_path / "a.wav"
+    sf.write(f, x, 22050, subtype="FLOAT")
+    want, rate = read_audio(str(f))
+
+    class Stdin:
+        buffer = open(f, "rb")  # noqa: SIM115 - closed below
+
+        def isatty(self):
+            return False
+
+    monkeypatch.setattr(sys, "stdin", Stdin())
+    try:
+        got, got_rate = read_audio("-")
+        Stdin.buffer.seek(0)
+        assert open_audio("-").name == "stdin"
+    finally:
+        Stdin.buffer.close()
+    assert got_rate == rate
+    np.testing.assert_array_equal(got, want)
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(f.read_bytes()))
+    writer.start()
+    try:
+        src = open_audio(str(fifo))
+        blocks = np.concatenate(list(src.blocks(16000)))
+    finally:
+        writer.join()
+    np.testing.assert_array_equal(blocks, np.concatenate(list(open_audio(str(f)).blocks(16000))))
+
+
+# ---- output paths --------------------------------------------------------------------------------
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    for bad, msg in [
+        (tmp_path / "missing" / "a.wav", "does not exist"),
+        (tmp_path, "is a folder"),
+        (tmp_path / "a.xyz", "unknown audio file type"),
+    ]:
+        with pytest.raises(OutputError, match=msg):
+            check_audio_output(bad)
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(OutputError, match="not writable"):
+            check_audio_output(ro / "a.wav")
+    target = tmp_path / "keep.wav"
+    target.write_bytes(b"old")
+    with AudioWriter(target) as w:
+        w.write(np.zeros(0, dtype=np.float32))
+    assert not w.written and target.read_bytes() == b"old"
