@@ -24,7 +24,7 @@ import numpy as np
 
 from .audio_io import SAMPLE_RATE_IN, SAMPLE_RATE_OUT, AudioInput, open_audio, read_audio
 from .chat import AUDIO_EOS, ChatState, Modality, Tokenizer
-from .errors import AudioTooLongError, CheckpointError, InputError, NoAudioError
+from .errors import CheckpointError, InputError, NoAudioError
 from .generate import GenerationStep, generate
 from .loading import DETOKENIZER_DIR, DTYPES, MIMI_FILE, load_model, resolve
 from .models.lfm2_audio import Model
@@ -41,7 +41,7 @@ from .recipes import (
     checkpoint_languages,
     tts_prompt,
 )
-from .session import ChatSession, Reply, ReplyChunk
+from .session import ChatSession, Reply, ReplyChunk, check_turn_seconds
 from .text import TextStream, split_sentences
 from .transcribe import ModelTranscriber, Segment, check_not_silent, transcribe_iter
 from .transcribe.driver import peak
@@ -153,11 +153,7 @@ class LFM2Audio:
         wave = sr = None
         if audio is not None:
             wave, sr = read_audio(audio, sample_rate)
-            if max_audio_s is not None and len(wave) / sr > max_audio_s:
-                raise AudioTooLongError(
-                    f"the audio is {len(wave) / sr:.0f} s long; a chat turn takes at most {max_audio_s:.0f} s "
-                    "(transcribe long recordings instead)"
-                )
+            check_turn_seconds(len(wave) / sr, max_audio_s)
         chat.new_turn("user")
         if text:
             chat.add_text(text)
@@ -287,7 +283,7 @@ class LFM2Audio:
             chat = self.user_turn(self.new_chat(prompt), text=piece)
             heard = False
             for c in self.stream(chat, decoder=dec, max_new_tokens=max_new_tokens, **kw):
-                c.piece = i
+                c.piece, c.piece_text = i, piece
                 heard = heard or (c.audio is not None and c.audio.size > 0)
                 yield c
             if not heard:

@@ -186,6 +186,8 @@ def read_audio(audio: AudioInput, sample_rate: int | None = None) -> tuple[np.nd
     Accepts a file path (`-` for stdin; pipes too), encoded file bytes, `(samples, rate)` or a
     numpy array together with `sample_rate`. Arrays may be (samples,) or (samples, channels);
     integer PCM is scaled."""
+    if isinstance(audio, AudioSource):
+        return audio.read()
     if isinstance(audio, tuple):
         audio, sample_rate = audio
     if isinstance(audio, (bytes, bytearray)):
@@ -232,6 +234,17 @@ class AudioSource:
             self._wave = wave
             self.duration = len(wave) / self.rate
             self.name = name or "the audio"
+
+    def read(self) -> tuple[np.ndarray, int]:
+        """The whole recording at its own rate: (mono float32 samples, rate)."""
+        if self._wave is not None:
+            return self._wave, self.rate
+        return np.concatenate(list(self.blocks(self.rate))), self.rate
+
+    def reusable(self) -> AudioInput:
+        """The recording as an input that can be read again: a regular file stays its path; stdin
+        or a pipe, which can be read only once, is kept as (samples, rate)."""
+        return str(self._path) if self._path is not None else (self._wave, self.rate)
 
     def blocks(self, target: int = SAMPLE_RATE_IN, block: int = BLOCK) -> Iterator[np.ndarray]:
         """Mono float32 blocks at `target` Hz (resampling is streamed: identical to resampling the

@@ -36,6 +36,10 @@ class CheckpointError(LFM2AudioError, RuntimeError):
     """A checkpoint that cannot be found, read or does not match the model."""
 
 
+class ConfigError(CheckpointError, ValueError):
+    """A config.json the model cannot be built from (a missing key, an unsupported value)."""
+
+
 class OutputError(LFM2AudioError, OSError):
     """An output path that cannot be written (checked before any model work)."""
 
@@ -48,6 +52,7 @@ __all__ = [
     "AudioError",
     "AudioTooLongError",
     "CheckpointError",
+    "ConfigError",
     "HistoryError",
     "InputError",
     "LFM2AudioError",

@@ -48,8 +48,12 @@ class AtomicFile:
         self.tmp = Path(tmp)
 
     def commit(self) -> None:
-        os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(self.tmp, self.target)
+        try:
+            os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual ones
+            os.replace(self.tmp, self.target)
+        except BaseException:
+            self.discard()
+            raise
 
     def discard(self) -> None:
         try:

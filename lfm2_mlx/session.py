@@ -10,15 +10,35 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .audio_io import SAMPLE_RATE_OUT, AudioInput
+from .audio_io import SAMPLE_RATE_OUT, AudioInput, open_audio
 from .chat import ChatState, check_history, close_open_audio
-from .errors import InputError
+from .errors import AudioTooLongError, InputError
 from .files import atomic_path
 from .generate import GenerationStep, PromptCache
 from .recipes import CHAT_PROMPT, CHAT_SAMPLING, MAX_NEW_TOKENS, MAX_TURN_AUDIO_S
 
 if TYPE_CHECKING:
     from .api import LFM2Audio
+
+
+def check_turn_seconds(seconds: float, max_audio_s: float | None = MAX_TURN_AUDIO_S) -> None:
+    """The chat-turn length policy: one turn's clip is encoded whole (full attention over it), so
+    past `max_audio_s` time and memory grow quadratically; long recordings are for transcription."""
+    if max_audio_s is not None and seconds > max_audio_s:
+        raise AudioTooLongError(
+            f"the audio is {seconds:.0f} s long; a chat turn takes at most {max_audio_s:.0f} s "
+            "(transcribe long recordings instead)"
+        )
+
+
+def turn_audio(
+    audio: AudioInput, sample_rate: int | None = None, *, max_audio_s: float | None = MAX_TURN_AUDIO_S
+) -> AudioInput:
+    """One chat turn's audio checked before any model work (readable, a sane rate, not too long)
+    and returned in a form `send_stream` can read (stdin and pipes are read here, once)."""
+    src = open_audio(audio, sample_rate)
+    check_turn_seconds(src.duration, max_audio_s)
+    return src.reusable()
 
 
 @dataclass
@@ -41,6 +61,7 @@ class ReplyChunk:
     audio: np.ndarray | None = None
     step: GenerationStep | None = None
     piece: int = 0
+    piece_text: str = ""
 
 
 class ChatSession:

@@ -155,6 +155,17 @@ def test_history_that_is_not_npz_is_refused_without_unpickling(tts, tmp_path):
         assert "allow_pickle" not in str(e.value) and str(path) in str(e.value)
 
 
+def test_chat_turn_length_is_checked_before_any_model_work(tmp_path):
+    from lfm2_mlx.errors import AudioTooLongError
+    from lfm2_mlx.session import turn_audio
+
+    f = tmp_path / "long.wav"
+    sf.write(f, np.zeros(301 * 8000, dtype=np.int16), 8000, subtype="PCM_16")
+    with pytest.raises(AudioTooLongError, match="301 s long"):
+        turn_audio(str(f))
+    assert turn_audio(str(f), max_audio_s=400) == str(f)
+
+
 # ---- audio in ------------------------------------------------------------------------------------
 def wav_claiming(tmp_path, rate):
     """A valid 16 kHz WAV whose header is then edited to claim `rate` Hz."""

@@ -6,6 +6,8 @@ float32), the generated steps must equal what liquid-audio produced. Error paths
 process boundary run `cli.main` in-process (faster); the rest run in subprocesses.
 """
 
+import argparse
+import itertools
 import json
 import os
 import re
@@ -15,12 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+import checkpoints
 import numpy as np
 import pytest
 import soundfile as sf
-
-import checkpoints
 from checkpoints import clip
+
 from lfm2_mlx import cli
 from lfm2_mlx.audio_io import read_audio
 from lfm2_mlx.chat import AUDIO_EOS, ChatState
@@ -76,6 +78,7 @@ def run(*args, cwd, stdin=None, env=None, timeout=300):
         cwd=cwd,
         input=stdin,
         capture_output=True,
+        check=False,
         text=True,
         env=e,
         timeout=timeout,
@@ -198,7 +201,7 @@ def test_transcribe_long_form_to_output_dir(full, wavs, tmp_path):
     long = json.loads((out / "long.json").read_text())
     segs = long["segments"]
     assert len(segs) >= 3 and segs[0]["start"] == 0 and segs[-1]["end"] == pytest.approx(6.0)
-    assert all(s["start"] < p["end"] for p, s in zip(segs, segs[1:]))  # consecutive windows overlap
+    assert all(s["start"] < p["end"] for p, s in itertools.pairwise(segs))  # consecutive windows overlap
     assert not any(s["skipped"] for s in segs) and len(segs) < len(long["tokens"]) <= 6 * len(segs)
     assert long["timings"]["audio_s"] == pytest.approx(6.0)
 
@@ -254,7 +257,7 @@ def test_speak_from_stdin_in_sentence_pieces(full, wavs, tmp_path):
         "--audio-temperature",
         "0",
         "--max-new-tokens",
-        "16",
+        "40",
         "-o",
         out,
         "--output-format",
@@ -458,7 +461,7 @@ def test_bad_arguments_exit_2(capsys, wavs, full, monkeypatch):
     ]
     monkeypatch.chdir(wavs)
     for argv, msg in cases:
-        rc, out, err = call(capsys, *argv)
+        rc, _, err = call(capsys, *argv)
         assert_one_line_error(rc, err, 2, msg)
     assert not (wavs / "x.wav").exists()
 
@@ -489,7 +492,7 @@ def test_user_errors_are_one_line_and_leave_no_file(capsys, wavs, full, tmp_path
         (["transcribe", "-m", tts, wavs / "a.wav", "--output-dir", bad_history], "not a folder"),
     ]
     for argv, msg in cases:
-        rc, out, err = call(capsys, *argv)
+        rc, _, err = call(capsys, *argv)
         assert_one_line_error(rc, err, 1, msg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.npz"]
     assert bad_history.read_bytes() == b"garbage"
@@ -519,15 +522,13 @@ def test_transcribe_text_files_in_output_dir(capsys, wavs, full, tmp_path):
 def test_convert_is_delegated(capsys, monkeypatch):
     import types
 
-    import lfm2_mlx.convert  # noqa: F401  (the real one, so that monkeypatch restores it)
+    import lfm2_mlx.cli
 
     seen = []
-    fake = types.ModuleType("lfm2_mlx.convert")
+    fake = types.ModuleType("lfm2_mlx.cli.convert")
     fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "lfm2_mlx.convert", fake)
-    import lfm2_mlx
-
-    monkeypatch.setattr(lfm2_mlx, "convert", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "lfm2_mlx.cli.convert", fake)
+    monkeypatch.setattr(lfm2_mlx.cli, "convert", fake, raising=False)
     rc, _, _ = call(capsys, "convert", "--hf-path", "x", "-q", "--bits", "4")
     assert rc == 0 and seen == [["--hf-path", "x", "-q", "--bits", "4"]]
 
@@ -535,43 +536,45 @@ def test_convert_is_delegated(capsys, monkeypatch):
 def test_convert_help_reaches_the_real_converter(capsys):
     import importlib.util
 
-    if importlib.util.find_spec("lfm2_mlx.convert") is None:
-        pytest.skip("lfm2_mlx/convert.py does not exist yet (the lead writes it)")
+    if importlib.util.find_spec("lfm2_mlx.cli.convert") is None:
+        pytest.skip("lfm2_mlx/cli/convert.py does not exist yet")
     rc, out, err = call(capsys, "convert", "--help")
     assert rc == 0 and out.startswith("usage: lfm2-audio convert"), err
 
 
 def test_split_sentences():
+    from lfm2_mlx.text import split_sentences
+
     text = "Hello there. How are you today? I'm fine!  Thanks.\n\nNew paragraph without end"
-    assert cli.split_sentences(text, 0) == [text]
-    assert cli.split_sentences(text, 20) == [
+    assert split_sentences(text, 0) == [text]
+    assert split_sentences(text, 20) == [
         "Hello there.",
         "How are you today?",
         "I'm fine! Thanks.",
         "New paragraph",
         "without end",
     ]
-    assert cli.split_sentences(text, 1000) == [" ".join(text.split())]
-    assert cli.split_sentences("今日は晴れです。明日は雨です。", 8) == ["今日は晴れです。", "明日は雨です。"]
+    assert split_sentences(text, 1000) == [" ".join(text.split())]
+    assert split_sentences("今日は晴れです。明日は雨です。", 8) == ["今日は晴れです。", "明日は雨です。"]
     long = "word, " * 40
-    assert all(len(p) <= 50 for p in cli.split_sentences(long, 50))
-    assert " ".join(cli.split_sentences(long, 50)) == long.strip()
-    assert cli.split_sentences("  \n ", 100) == []
+    assert all(len(p) <= 50 for p in split_sentences(long, 50))
+    assert " ".join(split_sentences(long, 50)) == long.strip()
+    assert split_sentences("  \n ", 100) == []
 
 
 def test_chat_live_is_wired_to_lfm2_mlx_live(capsys, monkeypatch, full, wavs, tmp_path):
-    live = pytest.importorskip("lfm2_mlx.live")
+    live = pytest.importorskip("lfm2_mlx.cli.live")
     rc, _, err = call(capsys, "chat", "--live", "--audio", wavs / "a.wav")
     assert_one_line_error(rc, err, 2, "no --audio")
     seen = {}
 
-    def fake_run_live(model, args, session):
+    def fake_run_live(args, model, session):
         # One typed turn stands in for a spoken conversation; the CLI must save it to --history.
         seen.update(args=args, before=len(session.state))
         session.send(text="hi", max_new_tokens=3, with_audio=False)
         return 0
 
-    monkeypatch.setattr(live, "run_live", fake_run_live)
+    monkeypatch.setattr(live, "run", fake_run_live)
     hist = tmp_path / "live.npz"
     rc, _, err = call(capsys, "chat", "--live", "-m", full("core_chat"), "--history", hist, "--push-to-talk")
     assert rc == 0, err
@@ -583,8 +586,345 @@ def test_chat_live_is_wired_to_lfm2_mlx_live(capsys, monkeypatch, full, wavs, tm
 
 
 def test_serve_is_delegated(capsys, monkeypatch):
-    server = pytest.importorskip("lfm2_mlx.server")
+    server = pytest.importorskip("lfm2_mlx.server.cli")
     seen = []
     monkeypatch.setattr(server, "run", lambda argv: seen.append(argv) or 0)
     rc, _, _ = call(capsys, "serve", "--port", "0", "-m", "x")
     assert rc == 0 and seen == [["--port", "0", "-m", "x"]]
+
+
+# ---- defects of issue 9 --------------------------------------------------------------------------
+@pytest.fixture
+def no_load(monkeypatch):
+    """`lfm2_mlx.load` replaced by a recorder that fails: a check that must come before any model
+    work shows as the error, with no call recorded."""
+    import lfm2_mlx
+
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("the model was loaded")
+
+    monkeypatch.setattr(lfm2_mlx, "load", fake)
+    return calls
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder no file can be created in (root ignores permission bits: then /proc/self)."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o555)
+    try:
+        if os.access(d, os.W_OK):
+            d = Path("/proc/self")
+            if os.access(d, os.W_OK):
+                pytest.skip("no folder here refuses new files")
+        yield d
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+
+
+def test_outputs_are_checked_before_the_model_loads(capsys, wavs, tmp_path, no_load, read_only_dir):
+    a = wavs / "a.wav"
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    (tmp_path / "folder.wav").mkdir()
+    cases = [
+        (["speak", "hi", "-o", tmp_path / "no" / "x.wav"], "does not exist"),
+        (["speak", "hi", "-o", tmp_path / "folder.wav"], "it is a folder"),
+        (["speak", "hi", "-o", tmp_path / "x.mp4"], "unknown audio file type"),
+        (["speak", "hi", "-o", read_only_dir / "x.wav"], "not writable"),
+        (["chat", "--text", "hi", "-o", read_only_dir / "r.wav"], "not writable"),
+        (["chat", "--text", "hi", "-o", tmp_path / "no" / "r.wav"], "does not exist"),
+        (["transcribe", a, "--output-dir", afile], "not a folder"),
+        (["transcribe", a, "--output-dir", afile / "sub"], "not a folder"),
+        (["transcribe", a, "--output-dir", read_only_dir / "sub"], "not writable"),
+        (["chat", "--text", "hi", "--history", tmp_path / "no" / "h.npz"], "does not exist"),
+        (["chat", "--text", "hi", "--history", read_only_dir / "h.npz"], "not writable"),
+        (["chat", "--text", "hi", "--history", tmp_path / "folder.wav"], "not a file"),
+        (
+            ["-m", "x", "-sys", "Perform TTS.", "-p", "hi", "--output", read_only_dir / "x.wav"],
+            "not writable",
+        ),
+    ]
+    for argv, msg in cases:
+        rc, _, err = call(capsys, *argv)
+        assert_one_line_error(rc, err, 1, msg)
+        assert no_load == [], argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder.wav", "ro"]
+
+
+def test_chat_history_keeps_the_turn_when_the_audio_file_fails_late(
+    capsys, wavs, full, tmp_path, monkeypatch
+):
+    # The disk fills up as the reply's audio is put in place: the turn still joins --history.
+    import lfm2_mlx
+
+    out, hist = tmp_path / "r.wav", tmp_path / "h.npz"
+    real = os.replace
+
+    def replace(src, dst, *a, **k):
+        if Path(dst) == out:
+            raise OSError(28, "No space left on device", str(out))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+    argv = [
+        "chat",
+        "-m",
+        full("core_chat"),
+        "--audio",
+        wavs / "a.wav",
+        "--max-new-tokens",
+        "20",
+        "-o",
+        out,
+        "--history",
+        hist,
+    ]
+    rc, _, err = call(capsys, *argv, "--audio-temperature", "0")
+    assert_one_line_error(rc, err, 1, "No space left on device")
+    m = lfm2_mlx.load(full("core_chat"))
+    state = ChatState.load(hist, m.tokenizer, m.preprocessor)
+    assert len(state.audio_in) == 1 and len(state.audio_out) > 0
+    assert not out.exists()
+
+
+def _feed(path, data):
+    """Write `data` into a FIFO path or a pipe's file descriptor from a thread, then close it (the
+    reader may never come)."""
+    import threading
+
+    def write():
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    return t
+
+
+def test_transcribe_reads_stdin_pipes_and_fifos(full, wavs, tmp_path):
+    data = (wavs / "a.wav").read_bytes()
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)
+    feeder = _feed(fifo, data)
+    r, w = os.pipe()
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    argv = ["transcribe", "-m", full("core_asr"), "-", f"/dev/fd/{r}", fifo, "--dtype", "float32"]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lfm2_mlx",
+            *map(str, argv),
+            "--max-new-tokens",
+            "24",
+            "--output-format",
+            "json",
+        ],
+        cwd=wavs,
+        env=e,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(r,),
+    )
+    os.close(r)
+    piper = _feed(w, data)  # closes w once written: the end of the pipe's data
+    try:
+        stdout, stderr = proc.communicate(data, timeout=300)
+    finally:
+        proc.kill()
+        try:  # let a writer the CLI never read from finish
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        feeder.join(5)
+        piper.join(5)
+    assert proc.returncode == 0, stderr.decode()
+    objs = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert [o["input"] for o in objs] == ["-", f"/dev/fd/{r}", str(fifo)]
+    assert all(o["tokens"] == golden("core_asr")["tokens"] for o in objs)
+
+
+def test_chat_audio_from_stdin(capsys, full, wavs, monkeypatch):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO((wavs / "a.wav").read_bytes())))
+    rc, out, err = call(
+        capsys,
+        "chat",
+        "-m",
+        full("core_chat"),
+        "--audio",
+        "-",
+        "--max-new-tokens",
+        "20",
+        "--audio-temperature",
+        "0",
+        "--dtype",
+        "float32",
+        "--output-format",
+        "json",
+    )
+    assert rc == 0, err
+    assert json.loads(out)["tokens"] == golden("core_chat")["tokens"][:20]
+
+
+def test_empty_files_and_absurd_rates_are_refused_up_front(capsys, wavs, tmp_path, no_load):
+    empty = tmp_path / "zero-bytes.wav"
+    empty.write_bytes(b"")
+    one_hz = tmp_path / "1hz.wav"
+    sf.write(one_hz, clip(0.5, seed=1), 16000)
+    with open(one_hz, "r+b") as f:  # the header's sample rate (and byte rate) fields
+        f.seek(24)
+        f.write((1).to_bytes(4, "little") + (2).to_bytes(4, "little"))
+    assert sf.info(one_hz).samplerate == 1
+    for argv, msg in [
+        (["transcribe", empty], f"{empty} is empty"),
+        (["chat", "--audio", empty], f"{empty} is empty"),
+        (["transcribe", one_hz], "sample rate of 1 Hz"),
+        (["chat", "--audio", one_hz], "sample rate of 1 Hz"),
+    ]:
+        rc, _, err = call(capsys, *argv)
+        assert_one_line_error(rc, err, 1, msg)
+        assert "not recognised" not in err and no_load == []
+
+
+def test_history_that_is_not_npz_is_refused_before_loading(capsys, tmp_path, no_load):
+    import pickle
+
+    hist = tmp_path / "talk.npz"
+    hist.write_bytes(pickle.dumps({"turns": [1, 2]}))
+    rc, _, err = call(capsys, "chat", "--text", "hi", "--history", hist)
+    assert_one_line_error(rc, err, 1, f"{hist} is not a conversation history file")
+    assert "pickle" not in err and no_load == []
+    assert pickle.loads(hist.read_bytes()) == {"turns": [1, 2]}
+
+
+def test_silent_audio_is_the_same_error_in_the_api_and_the_cli(capsys, full, tmp_path):
+    import lfm2_mlx
+
+    m = lfm2_mlx.load(full("core_asr"))
+    for seconds in (1, 40):  # one window; two 30 s windows
+        silent = tmp_path / f"silent{seconds}.wav"
+        sf.write(silent, np.zeros(16000 * seconds, dtype=np.float32), 16000)
+        with pytest.raises(ValueError) as e:
+            m.transcribe(str(silent), max_new_tokens=4)
+        assert type(e.value).__name__ == "SilentAudioError"
+        rc, out, err = call(capsys, "transcribe", "-m", full("core_asr"), silent, "--max-new-tokens", "4")
+        assert (rc, out, err) == (1, "", f"lfm2-audio: error: {e.value}\n")
+
+
+def test_language_flag(capsys, full, wavs, tmp_path):
+    asr = full("core_asr")
+    for argv in (["transcribe", wavs / "a.wav"], ["speak", "hi", "-o", tmp_path / "x.wav"]):
+        rc, _, err = call(capsys, *argv, "-m", asr, "--language", "ja")
+        assert_one_line_error(rc, err, 1, "language 'ja' is not supported by this checkpoint")
+        rc, _, err = call(capsys, *argv, "-m", asr, "--language", "fr")
+        assert_one_line_error(rc, err, 2, "invalid choice")
+    # A Japanese checkpoint (a -JP folder without a model card) still takes English prompts.
+    jp = tmp_path / "tiny-JP"
+    jp.symlink_to(asr, target_is_directory=True)
+    rc, out, err = call(
+        capsys,
+        "transcribe",
+        "-m",
+        jp,
+        wavs / "a.wav",
+        "--language",
+        "en",
+        "--max-new-tokens",
+        "24",
+        "--dtype",
+        "float32",
+        "--output-format",
+        "json",
+    )
+    assert rc == 0, err
+    assert json.loads(out)["tokens"] == golden("core_asr")["tokens"]
+    assert leftovers(tmp_path) == [] and not (tmp_path / "x.wav").exists()
+
+
+# ---- the documentation's flag tables are the parsers' flags --------------------------------------
+FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
+
+
+def doc_tables(path):
+    """The flag tables of a markdown file (a table whose first column is headed "flag" or "llama
+    flag"): {name: flags}, named by the `<!-- flags: NAME -->` line before the table, else by the
+    heading above it."""
+    tables, key, heading, rows, code = {}, None, None, False, False
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("```"):
+            code = not code
+        if code or line.startswith("```"):
+            continue
+        marker = re.fullmatch(r"<!-- flags: ([\w-]+) -->", line.strip())
+        if marker or line.startswith("#"):
+            key = marker.group(1) if marker else None
+            heading = heading if marker else line.lstrip("#").strip()
+        elif line.startswith("|"):
+            first = line.split("|")[1].strip()
+            if first in ("flag", "llama flag"):
+                rows = True
+                name = key or heading
+                assert name not in tables, f"{path}: two flag tables named {name!r}"
+                tables[name] = set()
+            elif rows and not set(first) <= set("-: "):
+                tables[name] |= set(FLAG.findall(" ".join(re.findall(r"`([^`]*)`", first))))
+        else:
+            rows = False
+            key = None if line.strip() else key
+    return tables
+
+
+def parser_flags(parser, without=()):
+    return {
+        s
+        for a in parser._actions
+        if not isinstance(a, argparse._HelpAction)
+        for s in a.option_strings
+        if s not in without
+    }
+
+
+def test_docs_flag_tables_match_the_parsers():
+    import importlib
+
+    main = importlib.import_module("lfm2_mlx.cli.main")  # the module (`lfm2_mlx.cli.main` is the function)
+    tables = doc_tables(ROOT / "docs" / "cli.md")
+    names = {"common", "transcribe", "speak", "chat", "llama", "convert"}
+    assert set(tables) == names, "each flag table of docs/cli.md is named by a <!-- flags: NAME --> line"
+    sub = main.build_parser()._subparsers._group_actions[0].choices
+    live_flags = set()  # chat's --live flags, where the live module imports: docs/live.md has them
+    try:
+        live = importlib.import_module("lfm2_mlx.cli.live")
+    except ImportError:
+        pass
+    else:
+        p = argparse.ArgumentParser(add_help=False)
+        live.add_arguments(p)
+        live_flags = parser_flags(p)
+        assert doc_tables(ROOT / "docs" / "live.md")["Flags"] - {"--live"} == live_flags
+    common = tables["common"]
+    assert parser_flags(sub["transcribe"]) == common | tables["transcribe"]
+    assert parser_flags(sub["speak"]) == common | tables["speak"]
+    assert parser_flags(sub["chat"], without=live_flags) == common | tables["chat"]
+    assert parser_flags(main.build_llama_parser()) == common | tables["llama"]
+    # convert's table is in docs/cli.md; serve's in docs/server.md ("Flags").
+    for module, table in (
+        ("lfm2_mlx.cli.convert", tables["convert"]),
+        ("lfm2_mlx.server.cli", doc_tables(ROOT / "docs" / "server.md")["Flags"]),
+    ):
+        try:
+            build = importlib.import_module(module).build_parser
+        except (ImportError, AttributeError):
+            continue  # not written yet: its table is checked once it is
+        assert parser_flags(build()) == table, module

@@ -19,33 +19,40 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 
+from lfm2_mlx.loading import DTYPES, load_model
+from lfm2_mlx.quantize import QUANTIZED_PREFIXES, quantize_model
+
+# tests/checkpoints.py provides the test clip.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from lfm2_mlx.loading import DTYPES, load_model  # noqa: E402
-
+# Prefixes of the layers each choice quantizes; the default row is what `lfm2-audio convert -q` does.
 CHOICES = {
     "backbone": ("lfm.layers.",),
     "+depthformer": ("lfm.layers.", "depthformer.layers."),
     "+depth_linear": ("lfm.layers.", "depthformer.layers.", "depth_linear"),
-    "+adapter (default)": ("lfm.layers.", "depthformer.layers.", "depth_linear", "audio_adapter."),
-    "+embeddings/heads": ("lfm.", "depthformer.layers.", "depth_linear", "audio_adapter.", "depth_embeddings.",
-                          "audio_embedding."),
+    "+adapter (default)": QUANTIZED_PREFIXES,
+    "+embeddings/heads": (
+        "lfm.",
+        "depthformer.layers.",
+        "depth_linear",
+        "audio_adapter.",
+        "depth_embeddings.",
+        "audio_embedding.",
+    ),
 }
 
 
 def inputs(model, rng):
     from checkpoints import clip
 
-    from lfm2_mlx.chat import ChatState, Tokenizer  # noqa: F401
+    from lfm2_mlx.models.mel import log_mel_spectrogram
 
     cfg = model.config
     L_text, n_frames = 24, 8
     text = mx.array(rng.integers(0, min(cfg.lfm.vocab_size, 8000), (L_text,)))
-    from lfm2_mlx.audio import log_mel_spectrogram
-
     mel = np.asarray(log_mel_spectrogram(clip(2.0, seed=5), cfg.preprocessor))
     frames = mx.array(rng.integers(0, 2048, (n_frames, cfg.codebooks)))
     emb = mx.concatenate(
@@ -73,6 +80,19 @@ def compare(ref, got):
     }
 
 
+def layers(prefixes: tuple[str, ...], group: int):
+    """Every layer mlx can quantize (Linear and Embedding) under `prefixes` whose width fits `group`."""
+
+    def pick(path: str, module: nn.Module) -> bool:
+        return (
+            hasattr(module, "to_quantized")
+            and path.startswith(prefixes)
+            and module.weight.shape[-1] % group == 0
+        )
+
+    return pick
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")
@@ -89,22 +109,26 @@ def main() -> None:
         for name, prefixes in CHOICES.items():
             model, _ = load_model(path, DTYPES[args.dtype])
             t = time.perf_counter()
-            nn.quantize(
-                model,
-                group_size=group,
-                bits=bits,
-                class_predicate=lambda p, m: hasattr(m, "to_quantized")
-                and p.startswith(prefixes)
-                and m.weight.shape[-1] % group == 0,
-            )
+            if prefixes is QUANTIZED_PREFIXES:  # exactly what the converter does
+                quantize_model(model, bits, group)
+            else:
+                nn.quantize(model, group_size=group, bits=bits, class_predicate=layers(prefixes, group))
             text, depth = measure(model, emb, frames)
-            row = {"bits": bits, "group": group, "quantized": name, "text": compare(ref_text, text),
-                   "depth": compare(ref_depth, depth), "seconds": round(time.perf_counter() - t, 1)}
+            row = {
+                "bits": bits,
+                "group": group,
+                "quantized": name,
+                "text": compare(ref_text, text),
+                "depth": compare(ref_depth, depth),
+                "seconds": round(time.perf_counter() - t, 1),
+            }
             rows.append(row)
-            print(f"{bits}-bit g{group:<3} {name:22s} text: max|d| {row['text']['max_abs']:.3f} "
-                  f"cos {row['text']['cosine']:.5f} top1 {row['text']['top1']:.3f} | depth: max|d| "
-                  f"{row['depth']['max_abs']:.3f} cos {row['depth']['cosine']:.5f} top1 {row['depth']['top1']:.3f}",
-                  flush=True)
+            print(
+                f"{bits}-bit g{group:<3} {name:22s} text: max|d| {row['text']['max_abs']:.3f} "
+                f"cos {row['text']['cosine']:.5f} top1 {row['text']['top1']:.3f} | depth: max|d| "
+                f"{row['depth']['max_abs']:.3f} cos {row['depth']['cosine']:.5f} top1 {row['depth']['top1']:.3f}",
+                flush=True,
+            )
             del model
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

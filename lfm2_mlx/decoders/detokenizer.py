@@ -30,6 +30,7 @@ from mlx_lm.models.cache import ArraysCache, RotatingKVCache
 from ..audio_io import SAMPLE_RATE_OUT
 from ..chat import AUDIO_EOS
 from ..models.lfm2_args import LFM2_DEFAULTS, ff_dim, model_args, rope_theta
+from ..weights import read_safetensors
 
 # Constants that the reference hard-codes rather than reads from config.json
 # (liquid_audio/detokenizer.py: FusedEmbedding, the x6 interpolate, ISTFT(1280, 320, 1280, "same")).
@@ -297,7 +298,7 @@ def load_detokenizer(folder: str | Path, dtype: mx.Dtype = mx.float32) -> Detoke
         folder = folder / "audio_detokenizer"
     config = DetokenizerConfig.from_dict(json.loads((folder / "config.json").read_text()))
     model = Detokenizer(config)
-    weights = model.sanitize(mx.load(str(folder / "model.safetensors")))
+    weights = model.sanitize(read_safetensors(folder / "model.safetensors"))
     weights = {k: v.astype(mx.float32 if k == "istft.window" else dtype) for k, v in weights.items()}
     model.load_weights(list(weights.items()), strict=True)
     mx.eval(model.parameters())

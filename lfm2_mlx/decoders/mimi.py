@@ -22,6 +22,7 @@ import mlx.core as mx
 import numpy as np
 from mlx import nn
 
+from ..weights import read_safetensors
 from .mimi_config import MimiConfig, attention_key, is_dropped_key
 from .mimi_transformer import ContextKVCache, ProjectedTransformer
 from .seanet import SEANetDecoder
@@ -281,7 +282,7 @@ def load_mimi(
     elif path.is_dir():
         raise ValueError(f"{path} is a folder: pass the Mimi file, or its name in the folder as `filename`")
     model = MimiDecoder(config)
-    weights = model.sanitize(mx.load(str(path)))
+    weights = model.sanitize(read_safetensors(path))
     model.load_weights([(k, v.astype(dtype)) for k, v in weights.items()], strict=True)
     model.eval()
     mx.eval(model.parameters())

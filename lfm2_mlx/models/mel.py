@@ -14,6 +14,8 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from ..errors import AudioError
+
 # Constants that liquid-audio leaves at NeMo's defaults (not in config.json):
 # AudioToMelSpectrogramPreprocessor(preemph=0.97, lowfreq=0, highfreq=None -> sr/2,
 # log_zero_guard_type="add", log_zero_guard_value=2**-24, mag_power=2.0, mel_norm="slaney",
@@ -152,7 +154,7 @@ def log_mel_spectrogram(wave: np.ndarray | mx.array, cfg: PreprocessorConfig) ->
     n_valid = x.shape[0] // cfg.hop_length
     # Per-feature std divides by (n_valid - 1); fewer than 2 valid frames gives NaN in the reference.
     if n_valid < 2:
-        raise ValueError(
+        raise AudioError(
             f"audio too short: {x.shape[0]} samples give {n_valid} valid mel frame(s), need at least 2 "
             f"({2 * cfg.hop_length} samples at {cfg.sample_rate} Hz)"
         )
