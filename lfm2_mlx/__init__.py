@@ -4,6 +4,12 @@ import lfm2_mlx
 model = lfm2_mlx.load("LiquidAI/LFM2.5-Audio-1.5B")
 """
 
+from . import blas as _blas
+
+# Before anything imports MLX: on Linux, MLX's CPU backend then multiplies with OpenBLAS instead of
+# the reference BLAS its wheel bundles (lfm2_mlx/blas.py; LFM2_AUDIO_OPENBLAS=0 turns it off).
+_blas.preload()
+
 __version__ = "0.1.0"
 __all__ = [
     "ChatSession",

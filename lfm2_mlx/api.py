@@ -24,6 +24,7 @@ import numpy as np
 
 from .audio_io import SAMPLE_RATE_IN, SAMPLE_RATE_OUT, AudioInput, open_audio, read_audio
 from .chat import AUDIO_EOS, ChatState, Modality, Tokenizer
+from .device import compute_dtype
 from .errors import CheckpointError, InputError, NoAudioError
 from .generate import GenerationStep, generate
 from .loading import DETOKENIZER_DIR, DTYPES, MIMI_FILE, load_model, resolve
@@ -45,6 +46,7 @@ from .session import ChatSession, Reply, ReplyChunk, check_turn_seconds
 from .text import TextStream, split_sentences
 from .transcribe import ModelTranscriber, Segment, check_not_silent, transcribe_iter
 from .transcribe.driver import peak
+from .weights import stored_float_dtype
 
 SAMPLE_RATE = SAMPLE_RATE_OUT  # of every audio the API returns
 
@@ -60,6 +62,7 @@ class LFM2Audio:
         # The languages its prompts can ask for, the default first (see recipes.checkpoint_languages).
         self.languages = checkpoint_languages(path, source)
         self._decoders: dict[str, Any] = {}
+        self.notes: list[str] = []  # one-line remarks about how it was loaded, for the surfaces to show
 
     @property
     def preprocessor(self):
@@ -324,11 +327,18 @@ def load(
             raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
     path = resolve(path_or_repo, revision)
+    note = None
+    if dtype is None:
+        # On a CPU a bf16 checkpoint computes in float32 (lfm2_mlx.device); on a GPU as stored.
+        dtype, note = compute_dtype(stored_float_dtype(path / "model.safetensors"))
     model, config = load_model(path, dtype)
     tok = path / "tokenizer.json"
     if not tok.is_file():
         raise CheckpointError(f"{path} has no tokenizer.json")
-    return LFM2Audio(model, Tokenizer(tok), path, config, source=str(path_or_repo))
+    loaded = LFM2Audio(model, Tokenizer(tok), path, config, source=str(path_or_repo))
+    if note:
+        loaded.notes.append(note)
+    return loaded
 
 
 __all__ = ["AUDIO_EOS", "VOICES", "ChatSession", "LFM2Audio", "Reply", "ReplyChunk", "load"]

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import struct
 from pathlib import Path
 
 import mlx.core as mx
@@ -25,3 +27,20 @@ def read_safetensors(f: Path) -> dict[str, mx.array]:
         raise CheckpointError(
             f"{f} is not a readable safetensors file (truncated or corrupt: {what}); download it again"
         ) from None
+
+
+def stored_float_dtype(f: Path) -> str | None:
+    """The dtype of the floating tensors in a safetensors file ("BF16", "F16", "F32"), read from its
+    header alone (the first 8 bytes give the JSON header's length); None if it has none or cannot
+    be read (loading will then say why)."""
+    try:
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, struct.error):
+        return None
+    kinds = {v.get("dtype") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    for kind in ("BF16", "F16", "F32"):
+        if kind in kinds:
+            return kind
+    return None

@@ -509,3 +509,14 @@ def test_speaker_plays_queued_audio_and_stops_at_once(monkeypatch):
     np.testing.assert_array_equal(out[:100, 0], pcm[:100])
     assert not np.any(out[100:])
     sink.close()
+
+
+def test_chat_live_without_sounddevice_fails_before_loading_the_model(monkeypatch, capsys, tmp_path):
+    from lfm2_mlx import cli
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)
+    loaded = []
+    monkeypatch.setattr("lfm2_mlx.load", lambda *a, **k: loaded.append(a))
+    assert cli.main(["chat", "--live", "-m", str(tmp_path / "not-even-a-model")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sounddevice" in err[0] and not loaded

@@ -159,6 +159,7 @@ def run_live(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if getattr(args, "list_devices", False):
         return live.print_devices()
     check_history_path(args.history)
+    live.preflight()
     model, _ = load(args)
     session = open_session(model, args)
     before = len(session.state)

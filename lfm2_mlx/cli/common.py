@@ -220,6 +220,8 @@ def load(args: argparse.Namespace):
 
     t = time.perf_counter()
     model = lfm2_mlx.load(args.model, dtype=args.dtype, revision=args.revision)
+    for line in model.notes:
+        note(line, args.quiet)
     return model, time.perf_counter() - t
 
 

@@ -81,6 +81,14 @@ def print_devices() -> int:
     return 0
 
 
+def preflight() -> None:
+    """Before the model loads: the audio stack is there (sounddevice and PortAudio), else the
+    one-line `LiveError` saying how to get it, without waiting for a model to load first."""
+    from ..live.devices import import_sounddevice
+
+    import_sounddevice()
+
+
 def run(args: argparse.Namespace, model: LFM2Audio, session: ChatSession | None = None) -> int:
     """`chat --live`: every attribute of `args` that names a `run_live` keyword is passed on as
     it is (the rest of the chat command's namespace is not live's business). Returns the exit

@@ -31,6 +31,20 @@ from .llama import run as run_llama
 __all__ = ["build_llama_parser", "build_parser", "main"]
 
 
+class _Version(argparse.Action):
+    """`--version`: what is installed and how it will compute (imports MLX, unlike --help)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .. import __version__
+        from ..device import report
+
+        print(f"{parser.prog} {__version__}\n{report()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the `lfm2-audio COMMAND ...` form."""
     parent = shared_flags()
@@ -46,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         '  lfm2-audio -m DIR -sys "Perform ASR." --audio in.wav      (llama-lfm2-audio style)\n'
         "run `lfm2-audio COMMAND --help` for each command's options.",
     )
-    from .. import __version__
 
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, help="show the version, MLX, device, BLAS and default dtype"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     transcribe.add_parser(sub, parent)
     speak.add_parser(sub, parent)
