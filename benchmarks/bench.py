@@ -24,14 +24,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import bench_checkpoint as bc  # noqa: E402
-import scenarios as sc  # noqa: E402
+import bench_checkpoint as bc
+import scenarios as sc
 
 DEFAULT_DTYPES = "bfloat16,float32,8bit,4bit"
 DEFAULT_SCENARIOS = ",".join(sc.SCENARIOS)
@@ -118,7 +118,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
 
 
-def parse_list(value: str, allowed: Optional[tuple] = None, what: str = "") -> list[str]:
+def parse_list(value: str, allowed: tuple | None = None, what: str = "") -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
         raise BenchError(f"--{what} is empty")
@@ -184,7 +184,7 @@ def _cpu_name() -> str:
                 timeout=5,
                 check=False,
             ).stdout.strip()
-        except Exception:  # the name is decoration; never fail a benchmark over it
+        except Exception:  # noqa: BLE001 - the name is decoration; never fail a benchmark over it
             return platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -195,7 +195,7 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def find_openblas(explicit: Optional[Path]) -> Optional[str]:
+def find_openblas(explicit: Path | None) -> str | None:
     if explicit is not None:
         if not explicit.is_file():
             raise BenchError(f"--openblas {explicit}: no such file")
@@ -207,7 +207,7 @@ def find_openblas(explicit: Optional[Path]) -> Optional[str]:
     return found if found and Path(found).is_absolute() else None
 
 
-def blas_modes(choice: str, openblas: Optional[str], on_cpu: bool) -> tuple[list[str], list[str]]:
+def blas_modes(choice: str, openblas: str | None, on_cpu: bool) -> tuple[list[str], list[str]]:
     """The BLAS configurations to run, and notes on those left out."""
     notes = []
     if sys.platform != "linux" or not on_cpu:
@@ -229,7 +229,7 @@ def blas_modes(choice: str, openblas: Optional[str], on_cpu: bool) -> tuple[list
     return (["bundled", "openblas"] if choice == "both" else [choice]), notes
 
 
-def blas_env(mode: str, openblas: Optional[str]) -> dict:
+def blas_env(mode: str, openblas: str | None) -> dict:
     env = dict(os.environ)
     if mode == "openblas":
         # MLX's CPU GEMM calls cblas_sgemm from its bundled reference BLAS; preloading OpenBLAS
@@ -438,7 +438,7 @@ def convert_worker(job: dict) -> dict:
 
 def quantized_folder(
     src: Path, dtype: str, group_size: int, cache_dir: Path, env: dict, timeout: float
-) -> tuple[Optional[Path], Optional[str]]:
+) -> tuple[Path | None, str | None]:
     """The converted folder of `src` for a quantized dtype ("8bit", "4bit-float32"...), made with
     lfm2_mlx.convert once and cached; or (None, why not)."""
     try:
@@ -503,7 +503,7 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def fmt(x: Optional[float], unit: str = "", digits: int = 2) -> str:
+def fmt(x: float | None, unit: str = "", digits: int = 2) -> str:
     if x is None:
         return "-"
     return f"{x:.{digits}f}{unit}"
@@ -609,7 +609,7 @@ def targets(report: dict, entries: list[dict]) -> list[dict]:
     """The issue's targets, judged on what this run measured (None: not measured here)."""
     preset = report["checkpoint"]["preset"]
 
-    def best(other: str, key: str) -> Optional[tuple[float, str]]:
+    def best(other: str, key: str) -> tuple[float, str] | None:
         vals = [
             (e["speedup"][key], f"{e['ours']} vs {e['other']}")
             for e in entries
@@ -676,7 +676,7 @@ def bandwidth_lines(report: dict) -> str:
 
 
 # ---- main ----------------------------------------------------------------------------------------
-def resolve_checkpoint(name: str, cache_dir: Optional[Path]) -> tuple[Path, dict]:
+def resolve_checkpoint(name: str, cache_dir: Path | None) -> tuple[Path, dict]:
     if name in bc.PRESETS:
         folder = bc.ensure(name, cache_dir, log=log)
         return folder, {"preset": name, "path": str(folder), "pinned_control_flow": True}
@@ -847,7 +847,7 @@ def _main(args: argparse.Namespace) -> int:
 def worker_main(job: dict) -> None:
     try:
         result = convert_worker(job) if job.get("kind") == "convert" else mlx_worker(job)
-    except Exception as e:  # reported to the orchestrator as a failed run, with the cause
+    except Exception as e:  # noqa: BLE001 - reported to the orchestrator as a failed run, with the cause
         import traceback
 
         traceback.print_exc()

@@ -27,8 +27,8 @@ import os
 import shutil
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -40,11 +40,9 @@ CACHE_DIR = Path(os.environ.get("LFM2_MLX_BENCH_CACHE", Path.home() / ".cache" /
 FORMAT_VERSION = 1
 
 sys.path.insert(0, str(ROOT / "tests"))
-import checkpoints  # noqa: E402  (tests/checkpoints.py: random tensors, bf16 store, tokenizer)
+import checkpoints
 
 PREPROCESSOR = checkpoints.PREPROCESSOR
-
-
 
 
 # LFM2-1.2B: attention at layers 2, 5, 8, 10, 12, 14; convolution elsewhere.
@@ -296,7 +294,7 @@ def build(preset: str, out: Path, log: Callable[[str], None] = print) -> Path:
     return out
 
 
-def ensure(preset: str, cache_dir: Optional[Path] = None, log: Callable[[str], None] = print) -> Path:
+def ensure(preset: str, cache_dir: Path | None = None, log: Callable[[str], None] = print) -> Path:
     """The cached folder of a preset, built on first use (and rebuilt if its recipe changed)."""
     cache_dir = Path(cache_dir or CACHE_DIR)
     folder = cache_dir / preset

@@ -16,9 +16,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tools"))
 
-import bench_checkpoint as bc  # noqa: E402
-import torch  # noqa: E402
-from accelerate import init_empty_weights  # noqa: E402
+import bench_checkpoint as bc
+import torch
+from accelerate import init_empty_weights
 
 SEED = 20260401
 

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import scenarios as sc  # noqa: E402
+import scenarios as sc
 
 DERIVED_BUFFERS = ("codebook_offsets", "audio_loss_weights")
 
@@ -101,6 +101,6 @@ def _version(dist: str) -> str:
 if __name__ == "__main__":
     try:
         sc.emit(run(sc.load_job()))
-    except Exception as e:  # reported to the orchestrator as a failed run, with the cause
+    except Exception as e:  # noqa: BLE001 - reported to the orchestrator as a failed run, with the cause
         traceback.print_exc()
         sc.emit({"impl": "liquid-audio", "error": f"{type(e).__name__}: {e}"})

@@ -13,13 +13,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-import checkpoints  # noqa: E402  (tests/checkpoints.py: the deterministic speech-like test clip)
+import checkpoints
 
 FRAME_SECONDS = 0.08  # one audio frame = 1920 samples at 24 kHz (12.5 Hz)
 RESULT_PREFIX = "BENCH_RESULT "
@@ -39,10 +38,10 @@ class Scenario:
     user_text: str = ""
     pcm: bool = False  # attach the audio decoder and time PCM (lfm2-mlx only)
     # lfm2-mlx only: (text steps, audio steps) of an interleaved run, replacing the config's 6 / 12.
-    runs: Optional[tuple[int, int]] = None
+    runs: tuple[int, int] | None = None
     description: str = ""
 
-    def clip(self) -> Optional[np.ndarray]:
+    def clip(self) -> np.ndarray | None:
         if not self.clip_seconds:
             return None
         # Seed from the length: each clip is fixed, and different lengths are different audio.

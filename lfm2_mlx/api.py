@@ -15,19 +15,19 @@ these methods with their flags / request fields as keyword arguments.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
 
-from .audio_io import SAMPLE_RATE_IN, SAMPLE_RATE_OUT, AudioInput, open_audio, read_audio
+from .audio_io import SAMPLE_RATE_IN, SAMPLE_RATE_OUT, AudioInput, AudioSource, open_audio, read_audio
 from .chat import AUDIO_EOS, ChatState, Modality, Tokenizer
 from .device import compute_dtype
 from .errors import CheckpointError, InputError, NoAudioError
 from .generate import GenerationStep, generate
-from .loading import DETOKENIZER_DIR, DTYPES, MIMI_FILE, load_model, resolve
+from .loading import DETOKENIZER_DIR, DTYPES, MIMI_FILE, MLX_KEY, load_model, read_config, resolve
 from .models.lfm2_audio import Model
 from .recipes import (
     CHAT_PROMPT,
@@ -149,19 +149,33 @@ class LFM2Audio:
         audio: AudioInput | None = None,
         sample_rate: int | None = None,
         *,
+        parts: Sequence[str | AudioInput] | None = None,
         max_audio_s: float | None = None,
     ) -> ChatState:
-        """Append a user turn (text and/or one audio clip) and open the assistant's turn.
-        A clip longer than `max_audio_s` seconds is refused (`AudioTooLongError`)."""
-        wave = sr = None
-        if audio is not None:
-            wave, sr = read_audio(audio, sample_rate)
-            check_turn_seconds(len(wave) / sr, max_audio_s)
+        """Append a user turn and open the assistant's turn. The turn is `text` then one `audio`
+        clip, or `parts`: texts (str) and clips in the order given. Each clip is its own block of
+        audio positions; one longer than `max_audio_s` seconds is refused (`AudioTooLongError`)
+        before anything is added."""
+        if parts is None:
+            parts = [text] if text else []
+            if audio is not None:
+                parts.append(read_audio(audio, sample_rate))  # (samples, rate): an AudioInput too
+        elif text is not None or audio is not None:
+            raise InputError("give a turn's text and audio, or its parts, not both")
+        pieces: list = []
+        for p in parts:
+            if isinstance(p, str):
+                pieces.append(p)
+            else:
+                wave, sr = read_audio(p)
+                check_turn_seconds(len(wave) / sr, max_audio_s)
+                pieces.append((wave, sr))
         chat.new_turn("user")
-        if text:
-            chat.add_text(text)
-        if wave is not None:
-            chat.add_audio(wave, sr)
+        for p in pieces:
+            if isinstance(p, str):
+                chat.add_text(p)
+            else:
+                chat.add_audio(*p)
         chat.end_turn()
         chat.new_turn("assistant")
         return chat
@@ -203,7 +217,7 @@ class LFM2Audio:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     # ---- speech to text --------------------------------------------------------------------
-    def transcribe_segments(
+    def _asr(
         self,
         audio: AudioInput,
         *,
@@ -214,44 +228,38 @@ class LFM2Audio:
         overlap: float = OVERLAP_S,
         max_new_tokens: int = MAX_NEW_TOKENS["asr"],
         **sampling: Any,
-    ) -> Iterator[Segment]:
-        """Speech to text for a recording of any length, window by window (`lfm2_mlx.transcribe`):
-        yields each window's `Segment` once its text is final. A recording no longer than
-        `chunk_length` is one window. Silent recordings raise `SilentAudioError`.
-
-        `system` replaces the prompt chosen by `language` ("en", or "ja" on a Japanese checkpoint;
-        default: the checkpoint's language). Greedy unless sampling keywords say otherwise."""
+    ) -> tuple[AudioSource, ModelTranscriber, dict]:
+        """The transcription keywords resolved: the opened recording (header checked), the window
+        transcriber (prompt from `language` unless `system` is given) and the window plan."""
         prompt = system if system is not None else self.asr_prompt(language)
         fn = ModelTranscriber(self, system=prompt, max_new_tokens=max_new_tokens, **sampling)
-        src = open_audio(audio, sample_rate)
-        yield from transcribe_iter(src, fn, chunk_length=chunk_length, overlap=overlap)
+        return open_audio(audio, sample_rate), fn, {"chunk_length": chunk_length, "overlap": overlap}
 
-    def transcribe_stream(
-        self,
-        audio: AudioInput,
-        *,
-        sample_rate: int | None = None,
-        language: str | None = None,
-        system: str | None = None,
-        chunk_length: float = CHUNK_LENGTH_S,
-        overlap: float = OVERLAP_S,
-        max_new_tokens: int = MAX_NEW_TOKENS["asr"],
-        **sampling: Any,
-    ) -> Iterator[str]:
+    def transcribe_segments(self, audio: AudioInput, **kwargs: Any) -> Iterator[Segment]:
+        """Speech to text for a recording of any length, window by window (`lfm2_mlx.transcribe`):
+        yields each window's `Segment` once its text is final. A recording no longer than
+        `chunk_length` (30 s) is one window; windows overlap by `overlap` (5 s). Silent
+        recordings raise `SilentAudioError`.
+
+        Keywords: `sample_rate` (for a bare array), `language` ("en", or "ja" on a Japanese
+        checkpoint; default: the checkpoint's), `system` (replaces the language's prompt),
+        `chunk_length`, `overlap`, `max_new_tokens` (per window, 512) and the sampling keywords
+        of `lfm2_mlx.generate.generate` (greedy unless they say otherwise)."""
+        src, fn, plan = self._asr(audio, **kwargs)
+        yield from transcribe_iter(src, fn, **plan)
+
+    def transcribe_stream(self, audio: AudioInput, **kwargs: Any) -> Iterator[str]:
         """Speech to text, yielding text as it becomes final: token by token for a recording
-        that fits one window, window by window for longer ones."""
-        prompt = system if system is not None else self.asr_prompt(language)
-        src = open_audio(audio, sample_rate)
-        if src.duration > chunk_length:
-            fn = ModelTranscriber(self, system=prompt, max_new_tokens=max_new_tokens, **sampling)
-            for seg in transcribe_iter(src, fn, chunk_length=chunk_length, overlap=overlap):
+        that fits one window, window by window for longer ones (keywords: `transcribe_segments`)."""
+        src, fn, plan = self._asr(audio, **kwargs)
+        if src.duration > plan["chunk_length"]:
+            for seg in transcribe_iter(src, fn, **plan):
                 if seg.new_text:
                     yield seg.new_text
             return
         # One window: its text is final as it is generated, so it streams token by token.
         wave = np.concatenate(list(src.blocks(SAMPLE_RATE_IN)))
         check_not_silent(peak(wave), src.name)
-        fn = ModelTranscriber(self, system=prompt, max_new_tokens=max_new_tokens, **sampling)
         yield from fn.stream(wave)
 
     def transcribe(self, audio: AudioInput, **kwargs: Any) -> str:
@@ -328,8 +336,9 @@ def load(
         dtype = DTYPES[dtype]
     path = resolve(path_or_repo, revision)
     note = None
-    if dtype is None:
-        # On a CPU a bf16 checkpoint computes in float32 (lfm2_mlx.device); on a GPU as stored.
+    if dtype is None and MLX_KEY not in read_config(path):
+        # On a CPU a bf16 Hub checkpoint computes in float32 (lfm2_mlx.device); on a GPU as stored.
+        # A folder written by `lfm2-audio convert` keeps the dtype it was converted to.
         dtype, note = compute_dtype(stored_float_dtype(path / "model.safetensors"))
     model, config = load_model(path, dtype)
     tok = path / "tokenizer.json"

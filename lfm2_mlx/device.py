@@ -3,7 +3,8 @@
 On a GPU (Metal on a Mac, CUDA) a checkpoint computes in the dtype it is stored in (bf16 for the
 Hugging Face files). On a CPU, MLX's bf16 matmul does not use BLAS (measured: 123 s to the first
 token in bf16 against seconds in float32 on this project's Linux machine), so bf16 and float16
-checkpoints compute in float32 unless a dtype is asked for.
+Hub checkpoints compute in float32 unless a dtype is asked for; a folder written by `lfm2-audio
+convert` keeps the dtype it was converted to (its maker chose it).
 """
 
 from __future__ import annotations

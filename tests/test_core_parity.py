@@ -11,8 +11,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from checkpoints import clip
+
 from lfm2_mlx.chat import AUDIO_EOS, AUDIO_START, IM_END, TEXT_END
 from lfm2_mlx.generate import generate, generate_tokens
 
@@ -21,7 +21,9 @@ CLIP_A, CLIP_B = clip(1.37, seed=1), clip(0.83, seed=2)
 
 
 def expected(name):
-    return json.loads((FIXTURES / name / "expected.json").read_text()), np.load(FIXTURES / name / "expected.npz")
+    return json.loads((FIXTURES / name / "expected.json").read_text()), np.load(
+        FIXTURES / name / "expected.npz"
+    )
 
 
 def asr_chat(m):
@@ -29,7 +31,9 @@ def asr_chat(m):
 
 
 def tts_chat(m):
-    return m.user_turn(m.new_chat("Perform TTS. Use the US male voice."), text="Hello there, how are you today?")
+    return m.user_turn(
+        m.new_chat("Perform TTS. Use the US male voice."), text="Hello there, how are you today?"
+    )
 
 
 def chat_chat(m):
@@ -128,7 +132,8 @@ def test_two_turn_chat_keeps_first_reply_audio(load_model):
 def test_bfloat16_stays_bfloat16_and_tracks_reference(load_model):
     e, z = expected("core_bf16")
     _, z32 = expected("core_asr")
-    m = load_model("core_bf16", dtype=None)  # stored dtype: bfloat16, as the real checkpoint
+    # The stored dtype, bfloat16 as the real checkpoint (asked for: a CPU defaults to float32).
+    m = load_model("core_bf16", dtype="bfloat16")
     assert m.model.dtype == mx.bfloat16
     chat = asr_chat(m)
     emb = m.model.embed_chat(chat)
@@ -166,7 +171,13 @@ def test_greedy_rules(temp, top_k):
 
 def test_seeded_sampling_is_reproducible_and_respects_top_k(load_model):
     m = load_model("core_tts")
-    kw = dict(max_new_tokens=20, text_temperature=1.0, text_top_k=5, audio_temperature=0.8, audio_top_k=64)
+    kw = {
+        "max_new_tokens": 20,
+        "text_temperature": 1.0,
+        "text_top_k": 5,
+        "audio_temperature": 0.8,
+        "audio_top_k": 64,
+    }
     a = generate_tokens(m.model, tts_chat(m), seed=7, **kw)
     b = generate_tokens(m.model, tts_chat(m), seed=7, **kw)
     c = generate_tokens(m.model, tts_chat(m), seed=8, **kw)

@@ -15,7 +15,21 @@ LONG_FOR_A_REASON: dict[str, str] = {}
 
 # Rank of each part: a module may import modules of its own rank or lower, never higher.
 RANKS = [
-    (0, ("errors", "files", "text", "recipes", "sample", "audio_io", "weights", "blas", "models.mel")),
+    (
+        0,
+        (
+            "errors",
+            "files",
+            "text",
+            "recipes",
+            "sample",
+            "audio_io",
+            "weights",
+            "blas",
+            "device",
+            "models.mel",
+        ),
+    ),
     (1, ("chat", "models", "decoders", "generate", "policy", "batch")),
     (2, ("loading", "quantize", "transcribe")),
     (3, ("api", "session", "convert")),

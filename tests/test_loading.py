@@ -108,11 +108,18 @@ def test_unknown_config_keys_are_ignored(folder):
 
 
 def test_stored_dtype_is_kept_everywhere(folder):
-    m = lfm2_mlx.load(folder)  # stored bf16: no silent cast to float32 or float16
     from mlx.utils import tree_flatten
 
-    dtypes = {v.dtype for _, v in tree_flatten(m.model.parameters())}
-    assert dtypes == {mx.bfloat16}
+    def dtypes(m):
+        return {v.dtype for _, v in tree_flatten(m.model.parameters())}
+
+    # Stored bf16, asked bf16: no silent cast to float32 or float16 anywhere.
+    assert dtypes(lfm2_mlx.load(folder, dtype="bfloat16")) == {mx.bfloat16}
+    # Nothing asked: as stored on a GPU; on a CPU all float32, said in a note (lfm2_mlx/device.py).
+    m = lfm2_mlx.load(folder)
+    on_cpu = mx.default_device().type == mx.DeviceType.cpu
+    assert dtypes(m) == {mx.float32 if on_cpu else mx.bfloat16}
+    assert bool(m.notes) == on_cpu
 
 
 def test_missing_model_without_network_says_how_to_get_it(tmp_path):

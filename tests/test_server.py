@@ -1,9 +1,11 @@
 """`lfm2-audio serve` as a real subprocess on 127.0.0.1, driven by real HTTP clients (httpx).
 
-Three servers, each on a free port picked by the OS (--port 0) with a tiny random checkpoint:
+Servers, each on a free port picked by the OS (--port 0) with a tiny random checkpoint:
   chat  core_chat, --max-queue 1, --max-body-mb 1: chat, transcription, queue bound, disconnects, limits
   tts   core_tts, --api-key, --max-tokens 22: speech, auth, transcription formats
-  slow  core_chat, --timeout 2: the per-request timeout
+  slow  core_chat, --timeout 3: the per-request timeout
+  mute  core_tts, --max-tokens 1: a speech generation that yields no audio
+and, for the shutdown test, short-lived ones on the tts checkpoint stopped by SIGTERM / SIGINT.
 Every wait is bounded: client timeouts, polling loops with deadlines, subprocess kills on teardown.
 """
 
@@ -25,10 +27,10 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("python_multipart")
 httpx = pytest.importorskip("httpx")
-import checkpoints  # noqa: E402
-import soundfile as sf  # noqa: E402
+import checkpoints
+import soundfile as sf
 
-from lfm2_mlx.chat import TEXT_END  # noqa: E402
+from lfm2_mlx.chat import TEXT_END
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "test-key-123"
@@ -39,13 +41,13 @@ T = 120  # client timeout (s): generous for a loaded 2-core CI box, but never un
 class Server:
     """`python -m lfm2_mlx.server` in a subprocess; its output goes to a log file."""
 
-    def __init__(self, checkpoint: Path, log: Path, *flags: str):
+    def __init__(self, checkpoint: Path, log: Path, *flags: str, entry: tuple = ("lfm2_mlx.server",)):
         self.log = log
-        self.out = open(log, "wb")
+        self.out = open(log, "wb")  # noqa: SIM115 - closed by stop(), after the process has ended
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("LFM2_AUDIO_API_KEY", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lfm2_mlx.server", "-m", str(checkpoint), "--port", "0", *flags],
+            [sys.executable, "-m", *entry, "-m", str(checkpoint), "--port", "0", *flags],
             stdout=self.out,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -96,7 +98,7 @@ class Server:
 
 def start(tmp_path_factory, name: str, *flags: str):
     d = tmp_path_factory.mktemp(f"server_{name}")
-    ckpt = checkpoints.build_full("core_tts" if name == "tts" else "core_chat", d / "ckpt")
+    ckpt = checkpoints.build_full("core_tts" if name in ("tts", "mute") else "core_chat", d / "ckpt")
     server = Server(ckpt, d / "server.log", *flags)
     server.checkpoint = ckpt
     return server
@@ -127,6 +129,14 @@ def tts_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory):
     s = start(tmp_path_factory, "slow", "--timeout", "3")
+    yield s
+    finish(s)
+
+
+@pytest.fixture(scope="module")
+def mute_server(tmp_path_factory):
+    # One step per generation: a speech request's generation ends before any audio frame.
+    s = start(tmp_path_factory, "mute", "--max-tokens", "1")
     yield s
     finish(s)
 
@@ -171,7 +181,7 @@ def error_of(r) -> str:
 def test_engine_one_at_a_time_bounded_cancellable_and_survives_errors():
     import threading
 
-    from lfm2_mlx.server_engine import Busy, Engine, JobTimeout, job_events
+    from lfm2_mlx.server.engine import Busy, Engine, JobTimeout, job_events
 
     async def never_gone():
         return False
@@ -249,7 +259,7 @@ def test_models_lists_the_loaded_checkpoint(chat_server):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    from lfm2_mlx.server import run
+    from lfm2_mlx.server.cli import run
 
     assert run(["-m", str(tmp_path / "missing"), "--port", "0"]) == 1
     err = capsys.readouterr().err
@@ -259,7 +269,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_port_in_use_is_reported(chat_server, capsys):
-    from lfm2_mlx.server import run
+    from lfm2_mlx.server.cli import run
 
     port = chat_server.url.rsplit(":", 1)[1]
     assert run(["-m", str(chat_server.checkpoint), "--port", port]) == 1
@@ -296,16 +306,38 @@ def test_transcription_formats_agree_with_the_library(tts_server):
     assert "".join(deltas).strip() == text
 
 
+def test_long_upload_is_windowed_as_the_library_does(tts_server):
+    """A recording longer than one window (30 s) is cut into windows and stitched by the library,
+    not encoded in one pass: the server's text is `LFM2Audio.transcribe`'s, window by window."""
+    import lfm2_mlx
+
+    url = f"{tts_server.url}/v1/audio/transcriptions"
+    buf = io.BytesIO()
+    wave = np.concatenate([checkpoints.clip(10.0, seed) for seed in range(4)])  # 40 s
+    sf.write(buf, wave, 16000, format="WAV", subtype="PCM_16")
+    files = {"file": ("long.wav", buf.getvalue(), "audio/wav")}
+    v = httpx.post(url, files=files, data={"response_format": "verbose_json"}, headers=AUTH, timeout=T)
+    assert v.status_code == 200, v.text
+    v = v.json()
+    m = lfm2_mlx.load(tts_server.checkpoint)
+    assert v["text"] == m.transcribe(buf.getvalue(), max_new_tokens=22)
+    assert v["duration"] == pytest.approx(40.0) and len(v["segments"]) == 2
+    assert v["segments"][0]["start"] == 0 and v["segments"][-1]["end"] == pytest.approx(40.0)
+    assert all(0 < len(s["tokens"]) <= 22 for s in v["segments"])  # --max-tokens caps each window
+    j = httpx.post(url, files=files, headers=AUTH, timeout=T).json()
+    assert j["text"] == v["text"]
+
+
 def test_transcription_bad_requests(chat_server):
     url = f"{chat_server.url}/v1/audio/transcriptions"
     cases = [
-        dict(data={"model": "x"}, files={"other": ("a.txt", b"hi")}),  # no 'file'
-        dict(files={"file": ("a.wav", b"")}),  # empty
-        dict(files={"file": ("a.txt", b"this is text, not audio" * 20, "text/plain")}),
-        dict(files={"file": ("a.wav", wav_bytes())}, data={"response_format": "srt"}),
-        dict(files={"file": ("a.wav", wav_bytes())}, data={"temperature": "hot"}),
-        dict(files={"file": ("a.wav", wav_bytes(0.005))}),  # too short for the mel front end (worker side)
-        dict(json={"file": "a.wav"}),  # not multipart
+        {"data": {"model": "x"}, "files": {"other": ("a.txt", b"hi")}},  # no 'file'
+        {"files": {"file": ("a.wav", b"")}},  # empty
+        {"files": {"file": ("a.txt", b"this is text, not audio" * 20, "text/plain")}},
+        {"files": {"file": ("a.wav", wav_bytes())}, "data": {"response_format": "srt"}},
+        {"files": {"file": ("a.wav", wav_bytes())}, "data": {"temperature": "hot"}},
+        {"files": {"file": ("a.wav", wav_bytes(0.005))}},  # too short for the mel front end (worker side)
+        {"json": {"file": "a.wav"}},  # not multipart
     ]
     for case in cases:
         r = httpx.post(url, timeout=T, **case)
@@ -314,6 +346,18 @@ def test_transcription_bad_requests(chat_server):
     assert "srt" in error_of(
         httpx.post(url, timeout=T, files={"file": ("a.wav", wav_bytes())}, data={"response_format": "srt"})
     )
+
+
+def test_silent_upload_is_refused(chat_server):
+    """The library's silence policy (SilentAudioError), not invented text, streamed or not."""
+    url = f"{chat_server.url}/v1/audio/transcriptions"
+    silent = io.BytesIO()
+    sf.write(silent, np.zeros(3 * 16000, dtype=np.float32), 16000, format="WAV", subtype="PCM_16")
+    files = {"file": ("silence.wav", silent.getvalue(), "audio/wav")}
+    for data in ({}, {"response_format": "verbose_json"}, {"stream": "true"}):
+        r = httpx.post(url, files=files, data=data, timeout=T)
+        assert r.status_code == 400, (data, r.status_code, r.text)
+        assert "silent" in error_of(r) and r.json()["error"]["code"] == "silent_audio", r.text
 
 
 # ---- speech ------------------------------------------------------------------------------------
@@ -380,6 +424,21 @@ def test_speech_voices_and_bad_requests(tts_server):
     for raw in (b"{not json", b"[1, 2]", b"\xff\xfe"):
         r = httpx.post(url, content=raw, headers=AUTH, timeout=T)
         assert r.status_code == 400 and "JSON" in error_of(r)
+
+
+def test_speech_without_audio_is_an_error(mute_server):
+    """A generation that yields no audio (NoAudioError) is an error status, never a 200 with an
+    empty WAV; a streamed request looks ahead to the first audio chunk, so it gets the status too."""
+    url = f"{mute_server.url}/v1/audio/speech"
+    req = {"input": "Hello there, how are you today?", "voice": "alloy"}
+    for extra in ({}, {"response_format": "pcm"}, {"stream": True}, {"stream_format": "sse"}):
+        with httpx.stream("POST", url, json={**req, **extra}, timeout=T) as r:
+            r.read()
+        assert r.status_code == 500, (extra, r.status_code, r.headers, len(r.content))
+        assert r.headers["content-type"] == "application/json"
+        assert "no audio" in error_of(r) and r.json()["error"]["code"] == "no_audio", r.text
+    h = mute_server.wait_idle()
+    assert h["failed"] == 4 and h["completed"] == 0
 
 
 def test_auth(tts_server):
@@ -508,6 +567,24 @@ def test_chat_history_carries_assistant_audio_by_id(chat_server):
     assert r.status_code == 400 and "unknown or expired" in error_of(r)
 
 
+def test_chat_user_parts_keep_their_order(chat_server):
+    """Text and audio parts in any order and number, and consecutive user messages (one turn)."""
+    clip = {"type": "input_audio", "input_audio": {"data": b64wav(1.0), "format": "wav"}}
+    text = {"type": "text", "text": "What is this?"}
+
+    def prompt_tokens(*messages):
+        r = chat(chat_server, {"messages": list(messages), "max_tokens": 1})
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["prompt_tokens"]
+
+    text_first = prompt_tokens({"role": "user", "content": [text, clip]})
+    assert prompt_tokens({"role": "user", "content": [clip, text]}) == text_first
+    split = prompt_tokens({"role": "user", "content": [text]}, {"role": "user", "content": [clip]})
+    assert split == text_first
+    two_clips = prompt_tokens({"role": "user", "content": [text, clip, clip]})
+    assert two_clips - text_first == text_first - prompt_tokens({"role": "user", "content": [text]})
+
+
 def test_chat_bad_requests(chat_server):
     def msgs(*m):
         return {"messages": list(m), "max_tokens": 4}
@@ -621,23 +698,23 @@ def test_disconnect_mid_stream_frees_the_slot(chat_server):
         "modalities": ["text", "audio"],
         "stream": True,
     }
-    with httpx.Client(timeout=T) as client:
-        with client.stream("POST", f"{chat_server.url}/v1/chat/completions", json=long) as r:
-            assert r.status_code == 200
-            lines = r.iter_lines()  # kept open: leaving a loop over it would close the connection
-            seen = 0
-            while seen < 4:
-                seen += next(lines).startswith("data: ")
-            assert chat_server.health()["running"] == 1
-            # A queued client that gives up (client-side timeout) leaves the line too.
-            with pytest.raises(httpx.ReadTimeout):
-                httpx.post(
-                    f"{chat_server.url}/v1/chat/completions", json={**long, "stream": False}, timeout=1.0
-                )
-            deadline = time.monotonic() + 20
-            while chat_server.health()["waiting"] and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert chat_server.health()["waiting"] == 0 and chat_server.health()["running"] == 1
+    with (
+        httpx.Client(timeout=T) as client,
+        client.stream("POST", f"{chat_server.url}/v1/chat/completions", json=long) as r,
+    ):
+        assert r.status_code == 200
+        lines = r.iter_lines()  # kept open: leaving a loop over it would close the connection
+        seen = 0
+        while seen < 4:
+            seen += next(lines).startswith("data: ")
+        assert chat_server.health()["running"] == 1
+        # A queued client that gives up (client-side timeout) leaves the line too.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{chat_server.url}/v1/chat/completions", json={**long, "stream": False}, timeout=1.0)
+        deadline = time.monotonic() + 20
+        while chat_server.health()["waiting"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert chat_server.health()["waiting"] == 0 and chat_server.health()["running"] == 1
     # The stream's connection is closed: the generation stops at its next step.
     after = chat_server.wait_idle(20)
     assert after["cancelled"] - before["cancelled"] == 2
@@ -694,7 +771,8 @@ def test_openai_python_client(tts_server):
 
 
 def test_load_report(tts_server, capsys):
-    from lfm2_mlx.server_load import run_load
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from server_load import run_load
 
     tts_server.wait_idle()
     report = asyncio.run(
@@ -713,3 +791,47 @@ def test_load_report(tts_server, capsys):
     # The client's tally and the server's agree.
     assert s["server"]["accepted"] == s["ok"] and s["server"]["rejected"] == s["attempts_refused_429"]
     assert s["server"]["failed"] == 0
+
+
+# ---- shutdown ----------------------------------------------------------------------------------
+def test_stop_by_signal_after_serving_exits_cleanly(tts_server, tmp_path):
+    """SIGTERM and Ctrl-C (SIGINT) after a transcription and a streamed speech request, with another
+    stream in flight: the server shuts down, ends that stream with an error event, joins its model
+    worker and exits 143 / 130 (as the CLI does), every time, with no `terminate called` abort
+    (SIGABRT) and no traceback. Both entry points, both signals."""
+    import signal
+
+    cases = [
+        (sig, entry)
+        for sig in (signal.SIGTERM, signal.SIGINT)
+        for entry in (("lfm2_mlx.server",), ("lfm2_mlx", "serve"))
+    ]
+    # About 3000 characters: some 10 pieces of at most 22 steps, seconds of generation to cut short.
+    long_text = " ".join(f"This is sentence number {i}." for i in range(100))
+    for i in range(8):  # it aborted in about 5 of 8 stops before the fix
+        sig, entry = cases[i % len(cases)]
+        s = Server(tts_server.checkpoint, tmp_path / f"server{i}.log", "--max-tokens", "22", entry=entry)
+        try:
+            files = {"file": ("clip.wav", wav_bytes(1.0, 1), "audio/wav")}
+            r = httpx.post(f"{s.url}/v1/audio/transcriptions", files=files, timeout=T)
+            assert r.status_code == 200, r.text
+            body = {"input": "Hello there", "response_format": "pcm", "stream": True}
+            with httpx.stream("POST", f"{s.url}/v1/audio/speech", json=body, timeout=T) as st:
+                assert st.status_code == 200 and len(st.read()) > 0
+            body = {"input": long_text, "stream_format": "sse"}
+            with httpx.stream("POST", f"{s.url}/v1/audio/speech", json=body, timeout=T) as st:
+                lines = st.iter_lines()
+                assert next(lines).startswith("data: ")  # generating
+                t0 = time.monotonic()
+                s.proc.send_signal(sig)
+                events = sse_events(lines)
+            rc = s.proc.wait(60)
+            stop_s = time.monotonic() - t0
+        finally:
+            s.stop()
+        log = s.text()
+        assert "terminate called" not in log and "Traceback" not in log, (i, sig, entry, log[-3000:])
+        assert rc == 128 + sig, (i, sig.name, entry, rc, log[-3000:])
+        # The stream in flight was cut at its next step and told so, not left to uvicorn's grace period.
+        assert events and events[-1]["error"]["code"] == "shutting_down", events[-1:]
+        assert stop_s < 5, stop_s

@@ -1,6 +1,6 @@
 """Put a running `lfm2-audio serve` under load and report what it held.
 
-    python -m lfm2_mlx.server_load --url http://127.0.0.1:8080 --clients 8 --requests 40 --kind chat
+    python tools/server_load.py --url http://127.0.0.1:8080 --clients 8 --requests 40 --kind chat
 
 Each of `--clients` concurrent clients sends requests until `--requests` have been sent in all.
 A 429 (queue full) is refused, not an error; with `--retry-429 N` a client waits the server's
@@ -16,8 +16,8 @@ import io
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -36,11 +36,11 @@ class LoadReport:
     latencies_refused: list = field(default_factory=list)
     error_kinds: dict = field(default_factory=dict)
     wall_s: float = 0.0
-    server_before: Optional[dict] = None
-    server_after: Optional[dict] = None
+    server_before: dict | None = None
+    server_after: dict | None = None
 
     def summary(self) -> dict:
-        def pct(xs: list, q: float) -> Optional[float]:
+        def pct(xs: list, q: float) -> float | None:
             return round(float(np.percentile(xs, q)), 3) if xs else None
 
         out = {
@@ -89,7 +89,7 @@ async def run_load(
     clients: int = 8,
     requests: int = 32,
     kind: str = "chat",
-    api_key: Optional[str] = None,
+    api_key: str | None = None,
     max_tokens: int = 16,
     timeout: float = 120.0,
     retry_429: int = 0,
@@ -141,7 +141,7 @@ async def run_load(
                     data={"model": "lfm2"},
                 )
             return r.status_code, float(r.headers.get("retry-after", 1))
-        except Exception as e:  # transport errors and client timeouts are what we count as failures
+        except httpx.HTTPError as e:  # transport errors and client timeouts count as failures
             return type(e).__name__, 0.0
 
     async def one(client: httpx.AsyncClient, i: int) -> None:
@@ -178,8 +178,8 @@ async def run_load(
     return report
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lfm2_mlx.server_load", description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python tools/server_load.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:8080")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=32)
@@ -190,7 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--retry-429", type=int, default=0, help="retries after a 429, waiting Retry-After")
     a = p.parse_args(argv)
     try:
-        import httpx  # noqa: F401
+        import httpx
     except ImportError:
         print("error: the load generator needs httpx: pip install httpx", file=sys.stderr)
         return 1
@@ -198,7 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = asyncio.run(
             run_load(a.url, a.clients, a.requests, a.kind, a.api_key, a.max_tokens, a.timeout, a.retry_429)
         )
-    except Exception as e:
+    except (httpx.HTTPError, ValueError) as e:  # server unreachable, /health not JSON
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print(json.dumps(report.summary(), indent=2))

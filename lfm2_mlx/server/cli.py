@@ -5,39 +5,40 @@
 Endpoints (see docs/server.md): POST /v1/audio/transcriptions, POST /v1/audio/speech,
 POST /v1/chat/completions, GET /v1/models, GET /health.
 
-This module only parses flags and starts things; it imports the web stack (Starlette, uvicorn)
-when the server starts, so the rest of the CLI works without the `server` extra installed.
+This module parses flags, starts the engine and uvicorn, and stops them on SIGINT / SIGTERM; it
+imports the web stack (Starlette, uvicorn) only when the server starts, so the rest of the CLI
+works without the `server` extra installed.
+
+Exit status: 1 the model cannot be loaded or the port bound; 2 invalid flags; 130 stopped by
+SIGINT (Ctrl-C) and 143 by SIGTERM, as `lfm2-audio`'s other commands. Either signal shuts down
+gracefully: uvicorn stops accepting, the running generation is cut at its next step (its stream
+ends with an error event; waiting requests get 503), responses in flight get up to GRACE_S to
+finish, and the model's worker thread is joined before the interpreter exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any
 
-DEFAULT_MODEL = "LiquidAI/LFM2.5-Audio-1.5B"
+from ..recipes import DEFAULT_MODEL, MAX_NEW_TOKENS, MAX_TURN_AUDIO_S
+from .engine import Engine
+from .state import Settings
+
 API_KEY_ENV = "LFM2_AUDIO_API_KEY"
+GRACE_S = 5  # how long a shutdown waits for requests in flight
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 log = logging.getLogger("lfm2_mlx.server")
-
-
-@dataclass
-class Settings:
-    """Per-server limits and identity, shared by every request."""
-
-    model_id: str
-    api_key: Optional[str] = None
-    max_queue: int = 4
-    max_body_bytes: int = 25 * 1024 * 1024
-    timeout_s: float = 300.0
-    max_tokens: Optional[int] = None  # cap on any request's generated steps
-    max_audio_s: float = 300.0  # longest audio input accepted, per clip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,13 +82,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="cap on generated steps (text tokens + audio frames) for any request "
-        "(default: per task, 512 for ASR and 1024 otherwise)",
+        f"(default: per task, {MAX_NEW_TOKENS['asr']} per ASR window, {MAX_NEW_TOKENS['tts']} per "
+        f"speech piece, {MAX_NEW_TOKENS['chat']} per chat reply)",
     )
     parser.add_argument(
         "--max-audio-s",
         type=float,
-        default=300.0,
-        help="longest audio input accepted, in seconds per clip (default: 300)",
+        default=None,
+        help="longest audio input accepted, in seconds per clip (default: no limit for a "
+        f"transcription, which is cut into windows; {MAX_TURN_AUDIO_S:g} for a chat turn)",
     )
     parser.add_argument(
         "--dtype",
@@ -136,7 +139,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _check_args(args: argparse.Namespace) -> Optional[str]:
+def _check_args(args: argparse.Namespace) -> str | None:
     if not 0 <= args.port <= 65535:
         return f"--port must be in 0..65535, got {args.port}"
     if args.max_queue < 0:
@@ -147,9 +150,68 @@ def _check_args(args: argparse.Namespace) -> Optional[str]:
         return f"--timeout must be > 0, got {args.timeout}"
     if args.max_tokens is not None and args.max_tokens <= 0:
         return f"--max-tokens must be > 0, got {args.max_tokens}"
-    if args.max_audio_s <= 0:
+    if args.max_audio_s is not None and args.max_audio_s <= 0:
         return f"--max-audio-s must be > 0, got {args.max_audio_s}"
     return None
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM while the model loads: stop starting."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class SignalStop:
+    """SIGINT and SIGTERM stop the server, whichever entry point started it (`lfm2-audio serve`
+    installs its own SIGTERM handler). While the model loads, a signal raises `Stopped`; while
+    serving, uvicorn handles both (graceful shutdown) and hands the signal back here when done;
+    either way `status` is then 128 + its number."""
+
+    def __init__(self) -> None:
+        self.server: Any = None  # the uvicorn.Server, once serving
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread (run() called from a thread): leave signals alone
+                break
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        first, self.signum = self.signum is None, signum
+        if self.server is not None:
+            self.server.should_exit = True  # uvicorn's own handler does this once it has started
+        elif first:
+            raise Stopped(signum)
+
+    @property
+    def status(self) -> int:
+        return 128 + self.signum if self.signum is not None else 0
+
+
+def _uvicorn_server(config: Any, engine: Engine) -> Any:
+    """A uvicorn server that, when a signal stops it, also stops the engine at once: the running
+    generation ends at its next step, so streams in flight end (SSE with a `shutting_down` error
+    event) well within uvicorn's grace period instead of being cancelled at its end."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            try:  # from the event loop, not inside the signal handler: stop() takes locks
+                asyncio.get_running_loop().call_soon_threadsafe(engine.stop)
+            except RuntimeError:  # no loop running
+                pass
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -162,11 +224,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
-        import python_multipart  # noqa: F401  (Starlette's form parser needs it)
+        import python_multipart  # noqa: F401 - Starlette's form parser needs it: fail here, not per request
         import uvicorn
 
-        from .server_app import create_app
-        from .server_engine import Engine
+        from .app import create_app
     except ImportError as e:
         print(
             f"error: the server needs Starlette, uvicorn and python-multipart ({e}); "
@@ -174,8 +235,8 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    from . import api
-    from .loading import CheckpointError
+    from .. import api
+    from ..errors import LFM2AudioError
 
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     if not _is_loopback(args.host) and not api_key:
@@ -199,27 +260,34 @@ def main(args: argparse.Namespace) -> int:
         max_audio_s=args.max_audio_s,
     )
     engine = Engine(lambda: api.load(args.model, dtype=args.dtype), max_queue=args.max_queue)
-    log.info("loading %s", args.model)
+    stop = SignalStop()
+    stop.install()
     try:
-        engine.start()
-    except (CheckpointError, ValueError, OSError) as e:
-        sock.close()
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-    app = create_app(engine, settings)
-    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5, lifespan="on")
-    server = uvicorn.Server(config)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"lfm2-audio serve: {settings.model_id} at http://{shown}:{port}/v1", flush=True)
-    try:
-        server.run(sockets=[sock])
+        log.info("loading %s", args.model)
+        try:
+            engine.start()
+        except (LFM2AudioError, ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        app = create_app(engine, settings)
+        config = uvicorn.Config(
+            app, log_level=args.log_level, timeout_graceful_shutdown=GRACE_S, lifespan="on"
+        )
+        stop.server = _uvicorn_server(config, engine)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"lfm2-audio serve: {settings.model_id} at http://{shown}:{port}/v1", flush=True)
+        stop.server.run(sockets=[sock])
+    except Stopped:
+        print("lfm2-audio serve: stopped while loading the model", file=sys.stderr)
     finally:
+        # The worker runs MLX: it must have ended before the interpreter tears down.
         engine.close()
-    return 0
+        sock.close()
+        stop.restore()
+    return stop.status
 
 
-def run(argv: Optional[Sequence[str]] = None) -> int:
+def run(argv: Sequence[str] | None = None) -> int:
     return main(build_parser().parse_args(argv))
 
 

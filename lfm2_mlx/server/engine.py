@@ -7,6 +7,12 @@ Requests beyond one running plus `max_queue` waiting are refused at once (`Busy`
 A job's work is a generator run on the worker; each item it yields is handed to the asyncio side
 as soon as it exists. Between items the worker checks whether the job was cancelled (client gone)
 or ran past its deadline, and if so closes the generator, so a stream stops at the next step.
+
+Shutdown: `close()` stops the running job, refuses the waiting ones and joins the worker. Before
+the worker ends it frees MLX's per-thread state (`mx.clear_streams`): MLX keeps a compile cache per
+thread whose entries hold Python objects, and if that cache were left to the thread's C++ exit
+handlers it would need the GIL while the interpreter may be finalizing, which aborts the process
+(`terminate called without an active exception`).
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterator, Optional
+from typing import Any
+
+from ..errors import LFM2AudioError
 
 log = logging.getLogger("lfm2_mlx.server")
 
 Work = Callable[[Any], Iterator[Any]]  # (loaded model) -> items
+JOIN_S = 30.0  # how long close() waits for the running step to end
 
 
 class Busy(Exception):
@@ -34,6 +44,10 @@ class JobTimeout(Exception):
 
 class ClientGone(Exception):
     """The client disconnected before the job finished."""
+
+
+class ShuttingDown(RuntimeError):
+    """The server is stopping: the job was stopped, or never ran."""
 
 
 @dataclass
@@ -92,11 +106,13 @@ class Engine:
         self._loader = loader
         self._lock = threading.Lock()
         self._pending = 0  # accepted jobs not yet finished: running + waiting
-        self._running: Optional[Job] = None
-        self._jobs: queue.Queue[Optional[Job]] = queue.Queue()
+        self._running: Job | None = None
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._closing = False
         self._loaded = threading.Event()
-        self._load_error: Optional[BaseException] = None
+        self._load_error: BaseException | None = None
+        # Daemon, so that a worker stuck in a load (a download) cannot keep the process alive;
+        # close() joins it, so it has ended (and freed its MLX state) before the interpreter exits.
         self._thread = threading.Thread(target=self._main, name="lfm2-generation", daemon=True)
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -107,15 +123,26 @@ class Engine:
         if self._load_error is not None:
             raise self._load_error
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the running job and everything waiting, then end the worker."""
+    def stop(self) -> None:
+        """Begin shutting down, without waiting: the running job stops at its next step, waiting
+        and new ones are refused (`ShuttingDown`)."""
         with self._lock:
             self._closing = True
             if self._running is not None:
                 self._running.cancel()
         self._jobs.put(None)
+
+    def close(self, timeout: float = JOIN_S) -> bool:
+        """`stop()`, then wait up to `timeout` seconds for the worker to end (a load under way
+        cannot be interrupted: the worker stops right after it). Returns whether it has ended.
+        Safe to call more than once."""
+        self.stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("the generation worker did not stop within %g s", timeout)
+            return False
+        return True
 
     # ---- admission -------------------------------------------------------------------------
     @property
@@ -131,6 +158,8 @@ class Engine:
         """Queue `work`, or raise `Busy` when `max_queue` jobs already wait behind a running one."""
         job = Job(work, asyncio.get_running_loop(), timeout, label)
         with self._lock:
+            if self._closing:
+                raise ShuttingDown("the server is shutting down")
             if self._pending >= 1 + self.max_queue:
                 self.stats.rejected += 1
                 raise Busy()
@@ -156,8 +185,15 @@ class Engine:
     # ---- the worker ------------------------------------------------------------------------
     def _main(self) -> None:
         try:
+            self._serve()
+        finally:
+            self.model = None
+            _free_thread_state()
+
+    def _serve(self) -> None:
+        try:
             self.model = self._loader()
-        except BaseException as e:  # reported by start(); the server does not come up
+        except BaseException as e:  # noqa: BLE001 - re-raised by start(); the server does not come up
             self._load_error = e
             self._loaded.set()
             return
@@ -171,7 +207,7 @@ class Engine:
                     continue
                 if self._closing:
                     self._release(job)
-                    job.post("error", RuntimeError("the server is shutting down"))
+                    job.post("error", ShuttingDown("the server is shutting down"))
                     continue
                 if job.should_stop():
                     self._release(job)
@@ -190,7 +226,7 @@ class Engine:
             except queue.Empty:
                 break
             if job is not None:
-                job.post("error", RuntimeError("the server is shutting down"))
+                job.post("error", ShuttingDown("the server is shutting down"))
 
     def _run(self, job: Job) -> None:
         t0 = time.perf_counter()
@@ -210,13 +246,15 @@ class Engine:
                 reason = "timeout" if timed_out else "client gone or shutdown"
                 log.info("%s stopped after %.2f s (%s)", job.label, time.perf_counter() - t0, reason)
                 # Whoever still listens must not take the cut output for a whole one.
-                job.post("error", JobTimeout() if timed_out else RuntimeError("the server is shutting down"))
+                job.post("error", JobTimeout() if timed_out else ShuttingDown("the server is shutting down"))
             else:
                 self.stats.completed += 1
                 job.post("end")
-        except Exception as e:
+        except Exception as e:  # handed to the request, which answers it; the worker lives on
             self.stats.failed += 1
-            if not getattr(e, "expected", False):
+            if isinstance(e, LFM2AudioError):  # the library's own errors are answers, not bugs
+                log.info("%s: %s", job.label, e)
+            else:
                 log.exception("%s failed", job.label)
                 e.logged = True  # the HTTP side need not log it again
             job.post("error", e)
@@ -226,10 +264,25 @@ class Engine:
             self.stats.busy_s += time.perf_counter() - t0
 
 
+def _free_thread_state() -> None:
+    """Free the calling thread's MLX state (compile cache, streams, random key) while the
+    interpreter is alive. MLX 0.31.2 made the compile cache per thread and added `mx.clear_streams`
+    for this; older versions keep one cache, cleared by MLX's own atexit hook."""
+    try:
+        import mlx.core as mx
+    except ImportError:
+        return
+    clear = getattr(mx, "clear_streams", None)
+    if clear is not None:
+        clear()
+
+
 POLL_S = 0.25  # how often a waiting request looks for its client having gone
 
 
-async def job_events(engine: Engine, job: Job, is_disconnected: Callable[[], Any]) -> AsyncIterator[Any]:
+async def job_events(
+    engine: Engine, job: Job, is_disconnected: Callable[[], Awaitable[bool]]
+) -> AsyncGenerator[Any, None]:
     """The job's items as they come. Raises `JobTimeout` past the deadline, `ClientGone` when
     `is_disconnected()` says so, or the work's own exception; always abandons the job on exit
     (so an early exit stops the generation at its next step)."""
