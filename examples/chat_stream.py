@@ -39,7 +39,7 @@ def main() -> int:
                 first_audio = first_audio or time.perf_counter() - t0
                 f.write(chunk.audio)
     print()
-    fmt = lambda t: "-" if t is None else f"{t * 1000:.0f} ms"  # noqa: E731
+    fmt = lambda t: "-" if t is None else f"{t * 1000:.0f} ms"
     print(
         f"first text {fmt(first_text)}, first audio {fmt(first_audio)}, "
         f"total {time.perf_counter() - t0:.2f} s",

@@ -24,9 +24,18 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 # config.json "preprocessor" of LiquidAI/LFM2-Audio-1.5B and LFM2.5-Audio-1.5B (NeMo front end).
 PREPROCESSOR = {
-    "sample_rate": 16000, "normalize": "per_feature", "window_size": 0.025, "window_stride": 0.01,
-    "window": "hann", "features": 128, "n_fft": 512, "log": True, "frame_splicing": 1, "dither": 1e-05,
-    "pad_to": 0, "pad_value": 0.0,
+    "sample_rate": 16000,
+    "normalize": "per_feature",
+    "window_size": 0.025,
+    "window_stride": 0.01,
+    "window": "hann",
+    "features": 128,
+    "n_fft": 512,
+    "log": True,
+    "frame_splicing": 1,
+    "dither": 1e-05,
+    "pad_to": 0,
+    "pad_value": 0.0,
 }
 TOKENIZER_DIR = FIXTURES / "tokenizer"
 
@@ -112,7 +121,9 @@ def save_safetensors(path: Path, tensors: dict[str, np.ndarray], bf16: bool = Tr
         if a.dtype == np.float32 and bf16:
             data, dtype = to_bf16_bits(a).tobytes(), "BF16"
         else:
-            dtype = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64", np.dtype(np.float16): "F16"}[a.dtype]
+            dtype = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64", np.dtype(np.float16): "F16"}[
+                a.dtype
+            ]
             data = np.ascontiguousarray(a).tobytes()
         header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
@@ -122,8 +133,7 @@ def save_safetensors(path: Path, tensors: dict[str, np.ndarray], bf16: bool = Tr
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(h)))
         f.write(h)
-        for b in blobs:
-            f.write(b)
+        f.writelines(blobs)
 
 
 def make_weights(manifest: dict) -> dict[str, np.ndarray]:

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import checkpoints  # noqa: E402
+import checkpoints
 
 
 @pytest.fixture(scope="session")

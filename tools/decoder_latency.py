@@ -29,9 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import checkpoints  # noqa: E402
+import checkpoints
 
-from lfm2_mlx.loading import DTYPES, MIMI_FILE  # noqa: E402
+from lfm2_mlx.loading import DTYPES, MIMI_FILE
 
 DETOKENIZER_CONFIG = {
     "model_type": "lfm2",

@@ -25,10 +25,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-import checkpoints  # noqa: E402
-
-import liquid_audio  # noqa: E402
-from liquid_audio import ChatState, LFM2AudioModel, LFM2AudioProcessor  # noqa: E402
+import checkpoints
+from liquid_audio import ChatState, LFM2AudioModel, LFM2AudioProcessor
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SEED = 20261122
@@ -38,25 +36,50 @@ DERIVED_BUFFERS = ("codebook_offsets", "audio_loss_weights")
 PREPROCESSOR = checkpoints.PREPROCESSOR
 ENCODER = checkpoints.encoder_config(n_layers=2, d_model=64, n_heads=4, channels=32)
 LFM = {
-    "model_type": "lfm2", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 192,
-    "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2,
-    "max_position_embeddings": 4096, "norm_eps": 1e-05, "conv_bias": False, "conv_L_cache": 3,
-    "block_multiple_of": 32, "block_ffn_dim_multiplier": 1.0, "block_auto_adjust_ff_dim": True,
+    "model_type": "lfm2",
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 192,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "norm_eps": 1e-05,
+    "conv_bias": False,
+    "conv_L_cache": 3,
+    "block_multiple_of": 32,
+    "block_ffn_dim_multiplier": 1.0,
+    "block_auto_adjust_ff_dim": True,
     "layer_types": ["conv", "conv", "full_attention", "conv", "full_attention", "conv"],
-    "rope_theta": 1000000.0, "bos_token_id": 1, "eos_token_id": 7, "pad_token_id": 0,
+    "rope_theta": 1000000.0,
+    "bos_token_id": 1,
+    "eos_token_id": 7,
+    "pad_token_id": 0,
 }
 CONFIG = {
-    "architectures": ["LFM2AudioModel"], "codebooks": 8, "tie_audio_embeddings": False,
-    "semantic_codebook_factor": 100, "codebook_weight": "log", "interleaved_n_text": 6,
-    "interleaved_n_audio": 12, "preprocessor": PREPROCESSOR, "encoder": ENCODER, "lfm": LFM,
+    "architectures": ["LFM2AudioModel"],
+    "codebooks": 8,
+    "tie_audio_embeddings": False,
+    "semantic_codebook_factor": 100,
+    "codebook_weight": "log",
+    "interleaved_n_text": 6,
+    "interleaved_n_audio": 12,
+    "preprocessor": PREPROCESSOR,
+    "encoder": ENCODER,
+    "lfm": LFM,
     # The real depthformer is 6 layers of 1024; 128 keeps head_dim 4 so RoPE's theta still matters.
     "depthformer": {"layers": 2, "dim": 128, "tie": True},
 }
 CORPUS = [
-    "Perform ASR.", "Perform TTS. Use the US male voice.", "Perform TTS. Use the UK female voice.",
-    "Respond with interleaved text and audio.", "Hello there, how are you today?",
-    "The quick brown fox jumps over the lazy dog.", "What is the weather like in Boston tomorrow?",
-    "I think it will rain, so take an umbrella with you.", "system user assistant",
+    "Perform ASR.",
+    "Perform TTS. Use the US male voice.",
+    "Perform TTS. Use the UK female voice.",
+    "Respond with interleaved text and audio.",
+    "Hello there, how are you today?",
+    "The quick brown fox jumps over the lazy dog.",
+    "What is the weather like in Boston tomorrow?",
+    "I think it will rain, so take an umbrella with you.",
+    "system user assistant",
 ]
 
 
@@ -65,37 +88,67 @@ def make_tokenizer(out: Path) -> None:
     """A small byte-level BPE with the LFM2 special tokens at their real ids."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    named = {0: "<|pad|>", 1: "<|startoftext|>", 2: "<|endoftext|>", 6: "<|im_start|>", 7: "<|im_end|>",
-             128: "<|audio_start|>", 129: "<|text_start|>", 130: "<|text_end|>"}
+    named = {
+        0: "<|pad|>",
+        1: "<|startoftext|>",
+        2: "<|endoftext|>",
+        6: "<|im_start|>",
+        7: "<|im_end|>",
+        128: "<|audio_start|>",
+        129: "<|text_start|>",
+        130: "<|text_end|>",
+    }
     specials = [named.get(i, f"<|reserved_{i}|>") for i in range(131)]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=500,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(CORPUS * 20, trainer)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|startoftext|>",
-        "eos_token": "<|im_end|>", "pad_token": "<|pad|>", "model_max_length": 4096}, indent=2))
-    (out / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": "<|startoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|pad|>"}, indent=2))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|pad|>",
+                "model_max_length": 4096,
+            },
+            indent=2,
+        )
+    )
+    (out / "special_tokens_map.json").write_text(
+        json.dumps(
+            {"bos_token": "<|startoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|pad|>"}, indent=2
+        )
+    )
     (out / "chat_template.jinja").write_text(
         "{{- bos_token -}}{%- for m in messages -%}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-        "{%- endfor -%}{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}")
+        "{%- endfor -%}{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+    )
 
 
 def tensor_shapes(config: dict) -> dict[str, list[int]]:
     """Every checkpoint tensor of the reference model for `config`, tied heads stored once."""
     from dataclasses import asdict  # noqa: F401
+
     from liquid_audio.model.conformer.encoder import ConformerEncoderConfig
     from liquid_audio.model.lfm2_audio import DepthformerConfig, LFM2AudioConfig
     from transformers import Lfm2Config
 
     c = dict(config)
-    conf = LFM2AudioConfig(lfm=Lfm2Config(**c.pop("lfm")), encoder=ConformerEncoderConfig(**c.pop("encoder")),
-                           depthformer=DepthformerConfig(**c.pop("depthformer")), **c)
+    conf = LFM2AudioConfig(
+        lfm=Lfm2Config(**c.pop("lfm")),
+        encoder=ConformerEncoderConfig(**c.pop("encoder")),
+        depthformer=DepthformerConfig(**c.pop("depthformer")),
+        **c,
+    )
     model = LFM2AudioModel(conf)
     seen, shapes = set(), {}
     for k, v in model.state_dict(keep_vars=True).items():
@@ -109,8 +162,13 @@ def tensor_shapes(config: dict) -> dict[str, list[int]]:
 
 
 def manifest(edits=(), config=CONFIG) -> dict:
-    return {"reference": f"liquid-audio {liquid_audio_version()}", "seed": SEED, "config": config,
-            "tensors": tensor_shapes(config), "edits": list(edits)}
+    return {
+        "reference": f"liquid-audio {liquid_audio_version()}",
+        "seed": SEED,
+        "config": config,
+        "tensors": tensor_shapes(config),
+        "edits": list(edits),
+    }
 
 
 def liquid_audio_version() -> str:
@@ -167,10 +225,12 @@ class Reference:
             m._sample_text_token = text_hook
             getters = [e.get_logits for e in m.depth_embeddings]
             for i, e in enumerate(m.depth_embeddings):
+
                 def depth_hook(x, i=i):
                     out = getters[i](x)
                     depth_logits.append(out.detach().float().clone().numpy())
                     return out
+
                 e.get_logits = depth_hook
         gen = m.generate_sequential if mode == "sequential" else m.generate_interleaved
         try:
@@ -197,15 +257,21 @@ def append_generated(chat: ChatState, tokens) -> None:
     text = [t for t in tokens if isinstance(t, int)]
     frames = [t for t in tokens if isinstance(t, list)]
     mods = [LFMModality.TEXT if isinstance(t, int) else LFMModality.AUDIO_OUT for t in tokens]
-    chat.append(text=torch.tensor([text], dtype=torch.long), audio_out=torch.tensor(frames, dtype=torch.long).T.reshape(8, -1),
-                modality_flag=torch.tensor(mods))
+    chat.append(
+        text=torch.tensor([text], dtype=torch.long),
+        audio_out=torch.tensor(frames, dtype=torch.long).T.reshape(8, -1),
+        modality_flag=torch.tensor(mods),
+    )
 
 
 # ---- scenarios ---------------------------------------------------------------------------------
 CLIP_A = checkpoints.clip(1.37, seed=1)
 CLIP_B = checkpoints.clip(0.83, seed=2)
 ASR_TURNS = [("system", ["Perform ASR."]), ("user", [CLIP_A])]
-TTS_TURNS = [("system", ["Perform TTS. Use the US male voice."]), ("user", ["Hello there, how are you today?"])]
+TTS_TURNS = [
+    ("system", ["Perform TTS. Use the US male voice."]),
+    ("user", ["Hello there, how are you today?"]),
+]
 CHAT_TURNS = [("system", ["Respond with interleaved text and audio."]), ("user", [CLIP_A])]
 
 
@@ -255,7 +321,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*")
     args = ap.parse_args()
-    want = lambda n: not args.only or n in args.only  # noqa: E731
+    want = lambda n: not args.only or n in args.only
     torch.manual_seed(SEED)
     if not (FIXTURES / "tokenizer" / "tokenizer.json").exists():
         make_tokenizer(FIXTURES / "tokenizer")
@@ -266,10 +332,17 @@ def main() -> None:
         chat = ref.chat(ASR_TURNS)
         out, tl, _ = ref.generate(chat, "sequential", 24, record=True)
         emb, logits = ref.prefill(chat)
-        save("core_asr", plain, tokens=out, text_logits=tl, prefill_logits=logits[-4:],
-             mel=chat.audio_in.T.float().numpy())
+        save(
+            "core_asr",
+            plain,
+            tokens=out,
+            text_logits=tl,
+            prefill_logits=logits[-4:],
+            mel=chat.audio_in.T.float().numpy(),
+        )
 
     if want("core_tts"):
+
         def run(edits):
             ref = Reference(manifest(edits))
             return ref.generate(ref.chat(TTS_TURNS), "sequential", 40)[0]
@@ -292,6 +365,7 @@ def main() -> None:
         save("core_tts", man, tokens=out, text_logits=tl, depth_logits=dl[:4])
 
     if want("core_chat"):
+
         def run(edits):
             ref = Reference(manifest(edits))
             return ref.generate(ref.chat(CHAT_TURNS), "interleaved", 64)[0]
@@ -314,9 +388,18 @@ def main() -> None:
         chat2 = ref.chat(CHAT_TURNS[:1] + [("user", [CLIP_A]), ("assistant", [(out,)]), ("user", [CLIP_B])])
         out2, tl2, _ = ref.generate(chat2, "interleaved", 40, record=True)
         emb, logits = ref.prefill(chat2)
-        save("core_chat", man, tokens=out, text_logits=tl, depth_logits=dl[:4], tokens_turn2=out2,
-             text_logits_turn2=tl2, prefill_embeddings=emb, prefill_logits=logits,
-             modality_turn2=chat2.modality_flag[0].tolist())
+        save(
+            "core_chat",
+            man,
+            tokens=out,
+            text_logits=tl,
+            depth_logits=dl[:4],
+            tokens_turn2=out2,
+            text_logits_turn2=tl2,
+            prefill_embeddings=emb,
+            prefill_logits=logits,
+            modality_turn2=chat2.modality_flag[0].tolist(),
+        )
 
     if want("core_bf16"):
         ref = Reference(plain, dtype=torch.bfloat16)

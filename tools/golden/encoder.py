@@ -31,7 +31,7 @@ from liquid_audio.processor import ChatState, LFM2AudioProcessor, PreprocessorCo
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-import checkpoints  # noqa: E402  (numpy only: the real preprocessor config)
+import checkpoints
 
 SEED = 20240611
 SR = 16_000
