@@ -204,7 +204,13 @@ def find_openblas(explicit: Path | None) -> str | None:
         if Path(c).is_file():
             return c
     found = ctypes.util.find_library("openblas")
-    return found if found and Path(found).is_absolute() else None
+    if found and Path(found).is_absolute():
+        return found
+    # What lfm2_mlx loads by itself when none is installed system-wide (the ngsolve-openblas
+    # wheel through a folder of links; lfm2_mlx/blas.py).
+    from lfm2_mlx import blas
+
+    return blas.find()
 
 
 def blas_modes(choice: str, openblas: str | None, on_cpu: bool) -> tuple[list[str], list[str]]:
@@ -233,8 +239,12 @@ def blas_env(mode: str, openblas: str | None) -> dict:
     env = dict(os.environ)
     if mode == "openblas":
         # MLX's CPU GEMM calls cblas_sgemm from its bundled reference BLAS; preloading OpenBLAS
-        # makes that symbol resolve to OpenBLAS's instead.
+        # makes that symbol resolve to OpenBLAS's instead (lfm2_mlx does it itself; the other
+        # implementations need the preload).
         env["LD_PRELOAD"] = ":".join(x for x in (openblas, env.get("LD_PRELOAD")) if x)
+        env["LFM2_AUDIO_OPENBLAS"] = openblas or ""
+    elif mode == "bundled":
+        env["LFM2_AUDIO_OPENBLAS"] = "0"  # lfm2_mlx's own preload off: MLX's bundled BLAS
     return env
 
 

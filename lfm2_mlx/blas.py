@@ -110,6 +110,11 @@ def _candidates():
         yield str(wheel), "ngsolve-openblas wheel"
 
 
+def find() -> str | None:
+    """The OpenBLAS `preload` would load (for tools that preload it into other programs)."""
+    return next((path for path, _ in _candidates()), None)
+
+
 def preload() -> dict:
     """Load an OpenBLAS globally if this is Linux, MLX is not imported yet and the user did not
     opt out. Never raises; returns (and keeps in `state`) what happened."""

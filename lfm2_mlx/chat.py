@@ -28,13 +28,6 @@ TEXT_END = 130
 AUDIO_EOS = 2048  # end-of-audio code; real codes are 0..2047
 AUDIO_VOCAB = 2049  # rows of each codebook's audio-out table (codes + EOAudio)
 
-# The model card's recipes (liquid-audio README / REFERENCE.md).
-ASR_PROMPT = "Perform ASR."
-CHAT_PROMPT = "Respond with interleaved text and audio."
-VOICES = ("US male", "US female", "UK male", "UK female")
-TTS_SAMPLING = {"audio_temperature": 0.8, "audio_top_k": 64}
-CHAT_SAMPLING = {"audio_temperature": 1.0, "audio_top_k": 4}
-
 Role = Literal["system", "user", "assistant"]
 
 
