@@ -1,91 +1,46 @@
-"""One streaming generation loop; the modality rule (sequential or interleaved) is a small policy.
+"""One streaming generation loop for B conversations per backbone step; the modality rule
+(sequential or interleaved) is a small policy per row. `generate` is the loop at B = 1.
 
 The loop follows liquid_audio's `generate_sequential` / `generate_interleaved` step for step:
-`max_new_tokens` counts backbone steps, each step yields at most one text token or one audio frame.
+`max_new_tokens` counts backbone steps, each step yields at most one text token or one audio frame
+per row. Rows join at a step boundary (prefilled, left-padded when several join at once, then
+appended to the running batch) and leave when they stop (their cache rows are filtered out).
 
-Device side: step n+1 is queued (`mx.async_eval`) before step n's token is read, as mlx-lm's
-`generate_step` does, so the read (the one host sync per step) overlaps the next step. What step
-n+1 must compute depends on step n's token only through the modality, and only at a switch
-(`<|audio_start|>`, `<|text_end|>`, EOAudio, the end of an interleaved run): the loop queues the
-head the policy predicts for an ordinary token and, on a switch, replaces just that head. The
-backbone step itself never needs redoing, since its input is the token already sampled.
+Device side: step n+1 is queued (`mx.async_eval`) before step n's tokens are read, as mlx-lm's
+`generate_step` does, so the read (one host sync per step for the whole batch) overlaps the next
+step. What step n+1 must compute depends on step n's token only through the modality, and only at
+a switch (`<|audio_start|>`, `<|text_end|>`, EOAudio, the end of an interleaved run): the loop
+queues the heads the policies predict for ordinary tokens and, on a switch, picks the other head
+for that row (running it only if no row needed it). The backbone step itself never needs redoing,
+since its input is the tokens already sampled.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from functools import partial
-from typing import Any, Callable, Iterator, Optional, Protocol, Union
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import mlx.core as mx
 import numpy as np
 
-from .chat import AUDIO_EOS, AUDIO_START, IM_END, TEXT_END, ChatState, Modality
-from .sample import Sampler, is_greedy, make_sampler
+from . import batch
+from .chat import AUDIO_EOS, ChatState, Modality
+from .policy import ORDINARY, Interleaved, ModalityPolicy, Sequential
+from .sample import Setting, row_key, setting
 
 
-@dataclass(frozen=True)
-class PolicyState:
-    modality: Modality = Modality.TEXT
-    left: int = 0  # interleaved: steps left in the current run
-    text_done: bool = False
-
-
-class ModalityPolicy(Protocol):
-    def initial(self) -> PolicyState: ...
-
-    def step(self, s: PolicyState, value: Union[int, bool]) -> tuple[PolicyState, bool, bool]:
-        """Advance over one generated step. `value` is the text token, or for an audio step
-        whether the frame is EOAudio. Returns (next state, emit the token?, stop?)."""
-        ...
-
-
-class Sequential:
-    """Text until `<|audio_start|>`, frames until EOAudio, text again; `<|im_end|>` (emitted) stops."""
-
-    def initial(self) -> PolicyState:
-        return PolicyState()
-
-    def step(self, s: PolicyState, value: Union[int, bool]) -> tuple[PolicyState, bool, bool]:
-        if s.modality == Modality.TEXT:
-            if value == AUDIO_START:
-                return replace(s, modality=Modality.AUDIO_OUT), True, False
-            return s, True, value == IM_END
-        return (replace(s, modality=Modality.TEXT) if value else s), True, False
-
-
-@dataclass(frozen=True)
-class Interleaved:
-    """`n_text` text tokens, then `n_audio` frames, alternating; after `<|text_end|>` audio
-    continues until EOAudio; `<|im_end|>` stops and is not emitted."""
-
-    n_text: int = 6
-    n_audio: int = 12
-
-    def initial(self) -> PolicyState:
-        return PolicyState(left=self.n_text)
-
-    def step(self, s: PolicyState, value: Union[int, bool]) -> tuple[PolicyState, bool, bool]:
-        left = s.left - 1  # the reference decrements at the top of every step
-        if s.modality == Modality.TEXT:
-            if value == IM_END:
-                return replace(s, left=left), False, True
-            done = s.text_done or value == TEXT_END
-            if left == 0 or done:
-                return PolicyState(Modality.AUDIO_OUT, self.n_audio, done), True, False
-            return PolicyState(Modality.TEXT, left, done), True, False
-        nxt = PolicyState(Modality.AUDIO_OUT, left, s.text_done)
-        if left == 0 and not s.text_done:
-            nxt = PolicyState(Modality.TEXT, self.n_text, s.text_done)
-        if value:
-            nxt = replace(nxt, modality=Modality.TEXT)
-        return nxt, True, False
+def make_policy(model, mode: str) -> ModalityPolicy:
+    """The policy of a generation mode: "sequential" (ASR, TTS) or "interleaved" (speech chat,
+    its run lengths from the checkpoint's config)."""
+    if mode == "sequential":
+        return Sequential()
+    if mode == "interleaved":
+        return Interleaved(model.config.interleaved_n_text, model.config.interleaved_n_audio)
+    raise ValueError(f"mode must be 'sequential' or 'interleaved', got {mode!r}")
 
 
 PREFILL_CHUNK = 512
-
-# What the next step's modality would be after an ordinary token (used to queue ahead).
-ORDINARY = {Modality.TEXT: -1, Modality.AUDIO_OUT: False}
 
 
 @dataclass
@@ -94,15 +49,16 @@ class PromptCache:
     runs its new positions (a chat reply does not re-encode every earlier clip). `positions`
     fingerprints what the cache holds; it is reused only when it is a prefix of the new prompt."""
 
-    layers: Optional[list] = None
+    layers: list | None = None
     positions: list = field(default_factory=list)
 
-    def reuse(self, model, chat: ChatState) -> tuple[list, int]:
-        """(cache, positions already in it) for generating after `chat`."""
+    def reuse(self, model, chat: ChatState) -> tuple[list | None, int]:
+        """(cache, positions already in it) for generating after `chat`; (None, 0) if nothing
+        can be reused."""
         n = len(self.positions)
         if self.layers is not None and 0 < n < len(chat) and chat.fingerprints()[:n] == self.positions:
             return self.layers, n
-        return model.make_cache(), 0
+        return None, 0
 
 
 @dataclass
@@ -112,12 +68,12 @@ class GenerationStep:
     rare frame whose later codebook sampled 2048, which no decoder can take)."""
 
     modality: Modality
-    token: Optional[int] = None
-    frame: Optional[list[int]] = None
-    pcm: Optional[mx.array] = None
+    token: int | None = None
+    frame: list[int] | None = None
+    pcm: mx.array | None = None
 
     @property
-    def value(self) -> Union[int, list[int]]:
+    def value(self) -> int | list[int]:
         return self.token if self.modality == Modality.TEXT else self.frame
 
 
@@ -131,27 +87,57 @@ class AudioDecoder(Protocol):
     def flush(self, cache: Any) -> mx.array: ...
 
 
-def _text_head(model, sampler: Sampler, h: mx.array) -> mx.array:
-    return sampler(model.text_logits(h))  # (B,)
+@dataclass
+class Request:
+    """One conversation to continue (`chat` ends with `<|im_start|>assistant\\n`) and how.
+
+    mode: "sequential" or "interleaved". Sampling is greedy when a temperature is None/<= 0 or
+    its top-k is 1. `seed` fixes the row's own random stream (without it the stream is drawn
+    from MLX's global generator): what a row samples does not depend on the other rows. With a
+    `decoder`, each decodable frame carries its PCM and the row ends with the decoder's tail.
+    A `prompt_cache` is reused and left holding this conversation's cache when the row ends."""
+
+    chat: ChatState
+    mode: str = "sequential"
+    max_new_tokens: int = 512
+    text_temperature: float | None = None
+    text_top_k: int | None = None
+    audio_temperature: float | None = None
+    audio_top_k: int | None = None
+    seed: int | None = None
+    decoder: AudioDecoder | None = None
+    prompt_cache: PromptCache | None = None
 
 
-def _audio_head(model, sampler: Sampler, h: mx.array) -> mx.array:
-    frame = model.sample_frame(h, sampler)  # (B, codebooks)
-    # EOAudio in the first codebook makes the whole frame EOAudio (it is fed back so).
-    return mx.where(frame[:, :1] == AUDIO_EOS, AUDIO_EOS, frame)
+@dataclass
+class RowOutput:
+    """What one step produced for one row: no step (a silent `<|im_end|>`), one, or at the
+    row's end also the decoder's tail (modality AUDIO_OUT, frame None); `done` once it ended."""
+
+    uid: int
+    steps: list[GenerationStep]
+    done: bool = False
 
 
-def compiled_head(model, kind: str, temperature: Optional[float], top_k: Optional[int]) -> Callable:
-    """The text head or the whole 8-codebook frame sampler as one compiled, fixed-shape function
-    of the backbone state: sampling stays on the device and no host read can hide inside (a read
-    during tracing is an error). Compiled once per model and sampling setting."""
-    key = (kind, temperature if not is_greedy(temperature, top_k) else None, top_k or None)
-    fns = model.__dict__.setdefault("_compiled_heads", {})
-    if key not in fns:
-        sampler = make_sampler(temperature, top_k)
-        fn = partial(_text_head if kind == "text" else _audio_head, model, sampler)
-        fns[key] = mx.compile(fn, inputs=[model.state, mx.random.state], outputs=[mx.random.state])
-    return fns[key]
+class _Row:
+    """Host-side state of one row."""
+
+    def __init__(self, uid: int, model, req: Request):
+        self.uid, self.req = uid, req
+        self.policy: ModalityPolicy = make_policy(model, req.mode)
+        self.state = self.policy.initial()
+        self.n = 0  # steps read
+        self.sampling: dict[Modality, Setting] = {
+            Modality.TEXT: setting(req.text_temperature, req.text_top_k),
+            Modality.AUDIO_OUT: setting(req.audio_temperature, req.audio_top_k),
+        }
+        self.dcache = req.decoder.make_cache() if req.decoder is not None else None
+        # What this row's cache holds, for its prompt cache (only tracked when it has one).
+        self.fed = req.chat.fingerprints() if req.prompt_cache is not None else None
+
+
+def _table(rows: Sequence[_Row]) -> dict:
+    return batch.sampling_table([r.sampling for r in rows])
 
 
 def prefill(model, emb: mx.array, cache: list, chunk: int = PREFILL_CHUNK) -> mx.array:
@@ -169,99 +155,229 @@ def to_host(x: mx.array) -> Any:
     return x.tolist()
 
 
+class BatchGenerator:
+    """B conversations per backbone step, rows joining and leaving at step boundaries (mlx-lm's
+    `BatchGenerator`, with a modality policy, sampling settings, stop rule and length per row).
+
+    `insert` queues requests (they join at the next `next()`), `next` runs one step for every row
+    and returns what each produced, `remove` drops rows. Caches are mlx-lm's batch caches; text
+    and audio rows share a step, the depthformer samples every audio row of a step in one call."""
+
+    def __init__(self, model, prefill_chunk: int = PREFILL_CHUNK):
+        self.model, self.chunk = model, prefill_chunk
+        self.rows: list[_Row] = []
+        self._pending: list[_Row] = []
+        self._ended: list[RowOutput] = []  # rows that asked for no step at all
+        self._cache: list = []
+        self._codes: mx.array | None = None  # (B, codebooks) the step read next, queued
+        self._keys: mx.array | None = None  # (B, 2) each row's random key after that step
+        self._sampling: dict = {}
+        self._alias: _Row | None = None  # the row whose prompt cache *is* `_cache`
+        self._uid = 0
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self._pending) + len(self._ended)
+
+    def insert(self, requests: Sequence[Request]) -> list[int]:
+        """Queue requests; returns their uids (the order of `requests`)."""
+        rows = [_Row(self._uid + i, self.model, r) for i, r in enumerate(requests)]  # validates modes
+        self._uid += len(rows)
+        self._pending += [r for r in rows if r.req.max_new_tokens > 0]
+        self._ended += [RowOutput(r.uid, [], True) for r in rows if r.req.max_new_tokens <= 0]
+        return [r.uid for r in rows]
+
+    def remove(self, uids: Sequence[int]) -> None:
+        """Drop rows, running or not yet joined. A row's prompt cache keeps what was fed."""
+        uids = set(uids)
+        self._pending = [r for r in self._pending if r.uid not in uids]
+        self._ended = [o for o in self._ended if o.uid not in uids]
+        self._leave([i for i, r in enumerate(self.rows) if r.uid in uids])
+
+    def next(self) -> list[RowOutput]:
+        """One backbone step for every row (pending rows join first)."""
+        out, self._ended = self._ended, []
+        if self._pending:
+            self._join()
+        if not self.rows:
+            return out
+        rows, mods = self.rows, [r.state.modality for r in self.rows]
+        ahead = any(r.n + 1 < r.req.max_new_tokens for r in rows)
+        if ahead:
+            predicted = [r.policy.step(r.state, ORDINARY[m])[0].modality for r, m in zip(rows, mods)]
+            h = self.model(batch.embed_step(self.model, self._codes, mods)[:, None], self._cache)[:, -1]
+            heads = batch.run_heads(self.model, h, self._keys, set(predicted), self._sampling)
+            codes, keys = batch.combine(heads, predicted)
+            mx.async_eval(codes, keys)
+        values = to_host(self._codes)
+        done = []
+        for i, (r, m, v) in enumerate(zip(rows, mods, values)):
+            value = v[0] if m == Modality.TEXT else v
+            if ahead and r.fed is not None:  # `value` is in the backbone cache now
+                r.fed.append(("t", value) if m == Modality.TEXT else ("a", tuple(value)))
+            out.append(self._advance(r, value))
+            if out[-1].done:
+                done.append(i)
+        if ahead:
+            actual = [p if i in done else r.state.modality for i, (r, p) in enumerate(zip(rows, predicted))]
+            if actual != predicted:
+                heads |= batch.run_heads(self.model, h, self._keys, set(actual) - set(heads), self._sampling)
+                codes, keys = batch.combine(heads, actual)
+                mx.async_eval(codes, keys)
+            self._codes, self._keys = codes, keys
+        self._leave(done)
+        return out
+
+    # ---- one row -------------------------------------------------------------------------
+    def _advance(self, r: _Row, value: int | list[int]) -> RowOutput:
+        r.n += 1
+        if r.state.modality == Modality.TEXT:
+            r.state, emit, stop = r.policy.step(r.state, value)
+            step = GenerationStep(Modality.TEXT, token=value)
+        else:
+            r.state, emit, stop = r.policy.step(r.state, value[0] == AUDIO_EOS)
+            step = GenerationStep(Modality.AUDIO_OUT, frame=value)
+            # A later codebook may also sample 2048; such a frame stays in the sequence (the
+            # reference feeds it back) but no decoder table has that row: skip it, as the
+            # reference demo does (`if (t == 2048).any(): continue`).
+            if r.dcache is not None and AUDIO_EOS not in value:
+                # Host codes: the decoder validates them without another device read.
+                codes = np.array(value, dtype=np.int32)[None, :, None]
+                step.pcm = r.req.decoder.decode_step(codes, r.dcache)[0]
+                mx.async_eval(step.pcm)
+        res = RowOutput(r.uid, [step] if emit else [], stop or r.n >= r.req.max_new_tokens)
+        if res.done and r.dcache is not None:
+            tail = r.req.decoder.flush(r.dcache)[0]
+            if tail.size:
+                res.steps.append(GenerationStep(Modality.AUDIO_OUT, pcm=tail))
+        return res
+
+    # ---- the batch -----------------------------------------------------------------------
+    def _join(self) -> None:
+        """Prefill the pending rows and append them. A row with a prompt cache is prefilled on
+        its own (it continues that cache); the others together, left-padded."""
+        model, rows, self._pending = self.model, self._pending, []
+        groups = []
+        for r in rows:
+            pc = r.req.prompt_cache
+            if pc is None:
+                continue
+            layers, start = pc.reuse(model, r.req.chat)
+            # Until the prompt is in, the cache matches no list of positions: forget it, so a
+            # failure part way leaves nothing stale to reuse.
+            pc.layers, pc.positions = None, []
+            cache = batch.batch_cache(model, [0]) if layers is None else batch.as_batch(layers)
+            h = prefill(model, model.embed_chat(r.req.chat, start), cache, self.chunk)
+            pc.layers, pc.positions = cache, r.fed
+            groups.append(([r], cache, h))
+        fresh = [r for r in rows if r.req.prompt_cache is None]
+        if fresh:
+            emb, pads = batch.left_pad([model.embed_chat(r.req.chat) for r in fresh])
+            cache = batch.batch_cache(model, pads)
+            groups.append((fresh, cache, prefill(model, emb, cache, self.chunk)))
+        for group, cache, h in groups:
+            batch.end_prefill(cache)
+            mods = [r.state.modality for r in group]
+            keys = mx.stack([row_key(r.req.seed) for r in group])
+            codes, keys = batch.combine(batch.run_heads(model, h, keys, set(mods), _table(group)), mods)
+            mx.async_eval(codes, keys)
+            if not self.rows and len(group) == 1 and group[0].req.prompt_cache is not None:
+                self._alias = group[0]  # B = 1: the row's prompt cache stays live, no copy
+            else:
+                # These rows' caches become part of the batch's: their prompt caches hold nothing
+                # valid until the rows leave and have theirs extracted.
+                for r in [self._alias, *group] if self._alias else group:
+                    if r.req.prompt_cache is not None:
+                        r.req.prompt_cache.layers = None
+                self._alias = None
+            self._cache = batch.extend(self._cache, cache)
+            self._codes = codes if not self.rows else mx.concatenate([self._codes, codes])
+            self._keys = keys if not self.rows else mx.concatenate([self._keys, keys])
+            self.rows = self.rows + group
+        self._sampling = _table(self.rows)
+
+    def _leave(self, gone: list[int]) -> None:
+        """Drop rows by index, saving their prompt caches."""
+        if not gone:
+            return
+        for i in gone:
+            r = self.rows[i]
+            if r.req.prompt_cache is not None and r is not self._alias:
+                r.req.prompt_cache.layers, r.req.prompt_cache.positions = batch.extract(self._cache, i), r.fed
+        keep = [i for i in range(len(self.rows)) if i not in gone]
+        self.rows = [self.rows[i] for i in keep]
+        if self._alias is not None and self._alias not in self.rows:
+            self._alias, self._cache = None, []  # its prompt cache keeps the arrays
+        self._cache = batch.keep_rows(self._cache, keep)
+        if keep:
+            idx = mx.array(keep)
+            self._codes, self._keys = self._codes[idx], self._keys[idx]
+            self._sampling = _table(self.rows)
+        else:
+            self._codes = self._keys = None
+
+
 def generate(
     model,
     chat: ChatState,
     *,
     mode: str = "sequential",
     max_new_tokens: int = 512,
-    text_temperature: Optional[float] = None,
-    text_top_k: Optional[int] = None,
-    audio_temperature: Optional[float] = None,
-    audio_top_k: Optional[int] = None,
-    seed: Optional[int] = None,
-    decoder: Optional[AudioDecoder] = None,
-    prompt_cache: Optional["PromptCache"] = None,
+    text_temperature: float | None = None,
+    text_top_k: int | None = None,
+    audio_temperature: float | None = None,
+    audio_top_k: int | None = None,
+    seed: int | None = None,
+    decoder: AudioDecoder | None = None,
+    prompt_cache: PromptCache | None = None,
 ) -> Iterator[GenerationStep]:
     """Generate the assistant's next turn for `chat` (which must end with
-    `<|im_start|>assistant\\n`), yielding each step as soon as it exists.
+    `<|im_start|>assistant\\n`), yielding each step as soon as it exists: the batched loop
+    with one row (see `Request` for the arguments).
 
     mode: "sequential" (ASR, TTS) or "interleaved" (speech chat, 6 text / 12 audio from config).
-    Sampling is greedy when a temperature is None/<= 0 or its top-k is 1. `seed` seeds MLX's
-    generator. With a `decoder`, each non-EOAudio frame also carries its PCM chunk, and a final
-    step with the decoder's tail (modality AUDIO_OUT, frame None) closes the audio."""
-    if mode == "sequential":
-        policy: ModalityPolicy = Sequential()
-    elif mode == "interleaved":
-        policy = Interleaved(model.config.interleaved_n_text, model.config.interleaved_n_audio)
-    else:
-        raise ValueError(f"mode must be 'sequential' or 'interleaved', got {mode!r}")
-    if max_new_tokens <= 0:
-        return
-    if seed is not None:
-        mx.random.seed(seed)
-    heads = {
-        Modality.TEXT: compiled_head(model, "text", text_temperature, text_top_k),
-        Modality.AUDIO_OUT: compiled_head(model, "audio", audio_temperature, audio_top_k),
-    }
-    cache, start = (prompt_cache or PromptCache()).reuse(model, chat)
-    fed = chat.fingerprints()
-    if prompt_cache is not None:
-        # Until the prompt is in, the cache matches no list of positions: forget it, so a failure
-        # part way leaves nothing stale to reuse.
-        prompt_cache.layers, prompt_cache.positions = None, []
-    dcache = decoder.make_cache() if decoder is not None else None
-
-    def feed(tok: mx.array, modality: Modality) -> mx.array:
-        emb = model.embed_text(tok) if modality == Modality.TEXT else model.embed_frames(tok)
-        return model(emb[:, None], cache)[:, -1]
-
-    state = policy.initial()
-    h = prefill(model, model.embed_chat(chat, start), cache)
-    if prompt_cache is not None:
-        prompt_cache.layers, prompt_cache.positions = cache, fed
-    tok = heads[state.modality](h)
-    mx.async_eval(tok)
-    for n in range(max_new_tokens):
-        modality = state.modality
-        ahead = n + 1 < max_new_tokens
-        if ahead:
-            predicted = policy.step(state, ORDINARY[modality])[0].modality
-            h = feed(tok, modality)
-            tok_next = heads[predicted](h)
-            mx.async_eval(tok_next)
-        value = to_host(tok)[0]
-        if ahead:  # `tok` is in the backbone cache now: say so before anything is yielded
-            fed.append(("t", value) if modality == Modality.TEXT else ("a", tuple(value)))
-        if modality == Modality.TEXT:
-            state, emit, stop = policy.step(state, value)
-            step = GenerationStep(Modality.TEXT, token=value)
-        else:
-            eos = value[0] == AUDIO_EOS
-            state, emit, stop = policy.step(state, eos)
-            step = GenerationStep(Modality.AUDIO_OUT, frame=value)
-            # A later codebook may also sample 2048; such a frame stays in the sequence (the
-            # reference feeds it back) but no decoder table has that row: skip it, as the
-            # reference demo does (`if (t == 2048).any(): continue`).
-            if decoder is not None and AUDIO_EOS not in value:
-                # Host codes: the decoder validates them without another device read.
-                step.pcm = decoder.decode_step(np.array(value, dtype=np.int32)[None, :, None], dcache)[0]
-                mx.async_eval(step.pcm)
-        if emit:
-            yield step
-        if stop or not ahead:
-            break
-        if state.modality != predicted:
-            tok_next = heads[state.modality](h)
-            mx.async_eval(tok_next)
-        tok = tok_next
-    if decoder is not None:
-        tail = decoder.flush(dcache)[0]
-        if tail.size:
-            yield GenerationStep(Modality.AUDIO_OUT, pcm=tail)
+    Sampling is greedy when a temperature is None/<= 0 or its top-k is 1; `seed` makes it
+    reproducible. With a `decoder`, each non-EOAudio frame also carries its PCM chunk, and a
+    final step with the decoder's tail (modality AUDIO_OUT, frame None) closes the audio."""
+    req = Request(
+        chat,
+        mode=mode,
+        max_new_tokens=max_new_tokens,
+        text_temperature=text_temperature,
+        text_top_k=text_top_k,
+        audio_temperature=audio_temperature,
+        audio_top_k=audio_top_k,
+        seed=seed,
+        decoder=decoder,
+        prompt_cache=prompt_cache,
+    )
+    engine = BatchGenerator(model)
+    engine.insert([req])
+    while engine:
+        for out in engine.next():
+            yield from out.steps
 
 
-def generate_tokens(model, chat: ChatState, **kwargs) -> list[Union[int, list[int]]]:
+def generate_batch(model, requests: Sequence[Request]) -> Iterator[tuple[int, GenerationStep]]:
+    """Run `requests` as one batch; yields (index into `requests`, step) as steps exist. Each
+    row's steps are those `generate` yields for it alone (greedy: the same tokens)."""
+    engine = BatchGenerator(model)
+    index = {uid: i for i, uid in enumerate(engine.insert(requests))}
+    while engine:
+        for out in engine.next():
+            for step in out.steps:
+                yield index[out.uid], step
+
+
+def generate_batch_tokens(model, requests: Sequence[Request]) -> list[list[int | list[int]]]:
+    """Every request's generated steps (ints for text, code lists for frames), in request order."""
+    out: list[list[int | list[int]]] = [[] for _ in requests]
+    for i, step in generate_batch(model, requests):
+        if step.value is not None:
+            out[i].append(step.value)
+    return out
+
+
+def generate_tokens(model, chat: ChatState, **kwargs) -> list[int | list[int]]:
     """All generated steps as the reference yields them: ints for text, code lists for frames."""
     return [s.value for s in generate(model, chat, **kwargs) if s.value is not None]
 

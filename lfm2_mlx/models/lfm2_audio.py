@@ -6,40 +6,23 @@ Module attribute names equal the checkpoint keys of liquid_audio's `LFM2AudioMod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 from mlx_lm.models import lfm2
 from mlx_lm.models.cache import ArraysCache, KVCache
 
-from .audio import PreprocessorConfig, mel_frames_to_positions
-from .chat import AUDIO_VOCAB, ChatState, Modality
+from ..chat import AUDIO_VOCAB, ChatState, Modality
+from ..sample import Sampler
 from .conformer import ConformerEncoder, EncoderConfig
 from .conformer import sanitize as sanitize_conformer
 from .depthformer import Depthformer, DepthformerConfig, SharedEmbedding
-from .sample import Sampler
-
-# transformers' Lfm2Config defaults: the reference builds `Lfm2Config(**config["lfm"])`, so a key
-# the checkpoint leaves out takes these values there too.
-LFM_DEFAULTS: dict[str, Any] = dict(
-    vocab_size=65536,
-    hidden_size=2560,
-    intermediate_size=12288,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    max_position_embeddings=128_000,
-    norm_eps=1e-5,
-    conv_bias=False,
-    conv_L_cache=3,
-    block_multiple_of=256,
-    block_ffn_dim_multiplier=1.0,
-    block_auto_adjust_ff_dim=True,
-    rope_theta=1_000_000.0,
-)
+from .lfm2_args import model_args
+from .mel import PreprocessorConfig, mel_frames_to_positions
 
 # Checkpoint tensors inference never reads, dropped by name: training buffers and the audio-out
 # embedding's output head (the model predicts audio through the depthformer instead).
@@ -52,44 +35,16 @@ UNUSED_KEYS = (
 
 
 def require(d: dict, key: str, where: str) -> Any:
+    """`d[key]`, or a ValueError naming the missing key and its config.json section."""
     if key not in d:
         raise ValueError(f"config.json: {where} is missing required key '{key}'")
     return d[key]
 
 
-def lfm_args(d: dict) -> lfm2.ModelArgs:
-    """mlx-lm's LFM2 arguments from the checkpoint's `lfm` section, read as transformers reads it."""
-    d = {**LFM_DEFAULTS, **d}
-    ff = d.get("block_ff_dim", d["intermediate_size"])
-    layer_types = d.get("layer_types")
-    if layer_types is None:
-        attn = d.get("full_attn_idxs")
-        attn = list(range(d["num_hidden_layers"])) if attn is None else attn
-        layer_types = ["full_attention" if i in attn else "conv" for i in range(d["num_hidden_layers"])]
-    rope = d.get("rope_parameters") or {}
-    return lfm2.ModelArgs(
-        model_type="lfm2",
-        vocab_size=d["vocab_size"],
-        hidden_size=d["hidden_size"],
-        num_hidden_layers=d["num_hidden_layers"],
-        num_attention_heads=d["num_attention_heads"],
-        num_key_value_heads=d["num_key_value_heads"],
-        max_position_embeddings=d["max_position_embeddings"],
-        norm_eps=d["norm_eps"],
-        conv_bias=d["conv_bias"],
-        conv_L_cache=d["conv_L_cache"],
-        block_dim=d["hidden_size"],
-        block_ff_dim=ff,
-        block_multiple_of=d["block_multiple_of"],
-        block_ffn_dim_multiplier=d["block_ffn_dim_multiplier"],
-        block_auto_adjust_ff_dim=d["block_auto_adjust_ff_dim"],
-        rope_theta=rope.get("rope_theta", d["rope_theta"]),
-        layer_types=list(layer_types),
-    )
-
-
 @dataclass
 class ModelConfig:
+    """A checkpoint's config.json: the model's sections, each parsed by its own part."""
+
     codebooks: int
     tie_audio_embeddings: bool
     interleaved_n_text: int
@@ -100,7 +55,7 @@ class ModelConfig:
     depthformer: DepthformerConfig
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         """Unknown keys are ignored; a missing required key raises ValueError naming it."""
         top = {f.name: require(d, f.name, "the top level") for f in fields(cls)}
         depth = top["depthformer"]
@@ -111,7 +66,7 @@ class ModelConfig:
             interleaved_n_audio=int(top["interleaved_n_audio"]),
             preprocessor=PreprocessorConfig.from_dict(top["preprocessor"]),
             encoder=EncoderConfig.from_dict(top["encoder"]),
-            lfm=lfm_args(top["lfm"]),
+            lfm=model_args(top["lfm"], "config.json: lfm"),
             depthformer=DepthformerConfig(
                 **{k: require(depth, k, "depthformer") for k in ("layers", "dim", "tie")}
             ),
@@ -145,6 +100,8 @@ class AudioEmbedding(nn.Module):
 
 
 class Model(nn.Module):
+    """The whole LFM2-Audio network; attribute names are the reference's checkpoint keys."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -179,10 +136,12 @@ class Model(nn.Module):
         return out
 
     def make_cache(self) -> list:
+        """A fresh backbone cache: a KV cache per attention layer, a conv tail per conv layer."""
         return [KVCache() if layer.is_attention_layer else ArraysCache(size=1) for layer in self.lfm.layers]
 
     @property
     def dtype(self) -> mx.Dtype:
+        """The dtype the weights were loaded in (inputs are cast to it)."""
         return self.lfm.embed_tokens.weight.dtype
 
     # ---- inputs --------------------------------------------------------------------------
@@ -203,6 +162,7 @@ class Model(nn.Module):
         return self.audio_embedding(frames)
 
     def embed_text(self, ids: mx.array) -> mx.array:
+        """Text token ids (...) -> (..., hidden) backbone inputs."""
         return self.lfm.embed_tokens(ids)
 
     def embed_chat(self, chat: ChatState, start: int = 0) -> mx.array:
@@ -218,7 +178,9 @@ class Model(nn.Module):
         pos = np.flatnonzero(flags == Modality.AUDIO_IN)
         sizes = [mel_frames_to_positions(len(m)) for m in chat.audio_in]
         if len(pos) != sum(sizes):
-            raise ValueError(f"conversation has {len(pos)} audio-in positions but its clips make {sum(sizes)}")
+            raise ValueError(
+                f"conversation has {len(pos)} audio-in positions but its clips make {sum(sizes)}"
+            )
         ends = np.cumsum(sizes)
         clips = [i for i, e in enumerate(ends) if e > 0 and pos[e - 1] >= start]
         if clips:
@@ -233,7 +195,10 @@ class Model(nn.Module):
             frames = np.stack(chat.audio_out)[keep]
             parts.append(self.embed_frames(mx.array(frames)))
             order.append(pos[keep])
-        if len(chat.text) != (flags == Modality.TEXT).sum() or len(chat.audio_out) != (flags == Modality.AUDIO_OUT).sum():
+        if (
+            len(chat.text) != (flags == Modality.TEXT).sum()
+            or len(chat.audio_out) != (flags == Modality.AUDIO_OUT).sum()
+        ):
             raise ValueError("conversation flags do not match its text tokens and audio frames")
         # Positions are gathered back into conversation order with one inverse permutation.
         n = len(flags) - start
@@ -243,11 +208,12 @@ class Model(nn.Module):
         return emb[mx.array(inverse)][None]
 
     # ---- heads ---------------------------------------------------------------------------
-    def __call__(self, inputs_embeds: mx.array, cache: Optional[list] = None) -> mx.array:
+    def __call__(self, inputs_embeds: mx.array, cache: list | None = None) -> mx.array:
         """Backbone: (B, L, hidden) inputs -> (B, L, hidden) normed hidden states."""
         return self.lfm(None, cache=cache, input_embeddings=inputs_embeds)
 
     def text_logits(self, h: mx.array) -> mx.array:
+        """Backbone states (..., hidden) -> text logits through the tied token embedding."""
         return self.lfm.embed_tokens.as_linear(h)
 
     def depth_inputs(self, h: mx.array) -> mx.array:
