@@ -5,9 +5,9 @@ import types
 import mlx.core as mx
 import numpy as np
 import pytest
+from checkpoints import clip
 
 import lfm2_mlx.generate as gen
-from checkpoints import clip
 from lfm2_mlx.chat import AUDIO_EOS, AUDIO_START, IM_END, TEXT_END, Modality
 from lfm2_mlx.generate import Interleaved, Sequential, generate, generate_tokens
 
@@ -85,8 +85,11 @@ def test_one_host_read_per_step_and_next_step_queued_first(load_model, monkeypat
     m.user_turn(chat, audio=(clip(1.37, seed=1), 16000))
     decoder = RecordingDecoder() if with_decoder else None
     rec = Recorder(monkeypatch)
-    steps = [s for s in generate(m.model, chat, mode="interleaved", max_new_tokens=40, decoder=decoder)
-             if s.frame is not None or s.token is not None]
+    steps = [
+        s
+        for s in generate(m.model, chat, mode="interleaved", max_new_tokens=40, decoder=decoder)
+        if s.frame is not None or s.token is not None
+    ]
     ev = rec.events
     assert "eval" not in ev
     assert ev.count("read") == len(steps) == 40
@@ -154,6 +157,7 @@ def test_eoaudio_frame_is_never_decoded_and_pcm_follows_frames(load_model):
 
 def test_streamed_pcm_equals_whole_decode(load_model, checkpoint_dir):
     import checkpoints
+
     import lfm2_mlx
 
     folder = checkpoint_dir("core_tts")
@@ -204,8 +208,9 @@ def test_chunked_prefill_equals_whole_prefill(load_model):
     emb = m.model.embed_chat(chat)
     whole = m.model(emb)[:, -1]
     for chunk in (5, 16, emb.shape[1]):
-        np.testing.assert_allclose(np.array(prefill(m.model, emb, m.model.make_cache(), chunk)), np.array(whole),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            np.array(prefill(m.model, emb, m.model.make_cache(), chunk)), np.array(whole), atol=1e-5
+        )
 
 
 def test_frame_with_2048_in_a_later_codebook_is_kept_but_not_decoded(load_model):
@@ -214,8 +219,18 @@ def test_frame_with_2048_in_a_later_codebook_is_kept_but_not_decoded(load_model)
     m.user_turn(chat, audio=(clip(1.5, seed=0), 16000))
     dec = RecordingDecoder()  # asserts every code it gets is < 2048
     for seed in range(5, 12):
-        steps = list(generate(m.model, chat, mode="interleaved", max_new_tokens=120, seed=seed, decoder=dec,
-                              audio_temperature=1.0, audio_top_k=4))
+        steps = list(
+            generate(
+                m.model,
+                chat,
+                mode="interleaved",
+                max_new_tokens=120,
+                seed=seed,
+                decoder=dec,
+                audio_temperature=1.0,
+                audio_top_k=4,
+            )
+        )
         odd = [s for s in steps if s.frame is not None and s.frame[0] != AUDIO_EOS and AUDIO_EOS in s.frame]
         if odd:
             break
@@ -226,18 +241,24 @@ def test_frame_with_2048_in_a_later_codebook_is_kept_but_not_decoded(load_model)
 def test_chat_session_reuses_its_cache_and_matches_a_fresh_prefill(load_model, monkeypatch):
     m = load_model("core_chat")
     session = m.chat()
-    kw = dict(with_audio=False, max_new_tokens=30, audio_temperature=None)
+    kw = {"with_audio": False, "max_new_tokens": 30, "audio_temperature": None}
     first = session.send(audio=(clip(1.37, seed=1), 16000), **kw)
     after_first = len(session.state)
     prefilled = []
     real = gen.prefill
-    monkeypatch.setattr(gen, "prefill", lambda model, emb, cache, *a: prefilled.append(emb.shape[1]) or real(model, emb, cache, *a))
+    monkeypatch.setattr(
+        gen,
+        "prefill",
+        lambda model, emb, cache, *a: prefilled.append(emb.shape[1]) or real(model, emb, cache, *a),
+    )
     second = session.send(audio=(clip(0.83, seed=2), 16000), **kw)
     # Only what the cache lacks ran: at most the reply's last step, `<|im_end|>\n` and the new turn.
     prompt2 = len(session.state) - len(second.tokens) - 2
     assert 0 < prefilled[0] <= prompt2 - after_first + 3
     # The same tokens as generating the second turn from scratch on the same history.
-    chat = m.user_turn(m.new_chat("Respond with interleaved text and audio."), audio=(clip(1.37, seed=1), 16000))
+    chat = m.user_turn(
+        m.new_chat("Respond with interleaved text and audio."), audio=(clip(1.37, seed=1), 16000)
+    )
     chat.append(first.tokens)
     chat.end_turn()
     m.user_turn(chat, audio=(clip(0.83, seed=2), 16000))
