@@ -25,11 +25,12 @@ import numpy as np
 from .audio_io import SAMPLE_RATE_IN, SAMPLE_RATE_OUT, AudioInput, AudioSource, open_audio, read_audio
 from .chat import AUDIO_EOS, ChatState, Modality, Tokenizer
 from .device import compute_dtype
-from .errors import CheckpointError, InputError, NoAudioError
+from .errors import CheckpointError, InputError, LFM2AudioError, NoAudioError
 from .generate import GenerationStep, generate
 from .loading import DETOKENIZER_DIR, DTYPES, MIMI_FILE, MLX_KEY, load_model, read_config, resolve
 from .models.lfm2_audio import Model
 from .recipes import (
+    ASR_BATCH_SIZE,
     CHAT_PROMPT,
     CHUNK_LENGTH_S,
     DEFAULT_MODEL,
@@ -44,7 +45,14 @@ from .recipes import (
 )
 from .session import ChatSession, Reply, ReplyChunk, check_turn_seconds
 from .text import TextStream, split_sentences
-from .transcribe import ModelTranscriber, Segment, check_not_silent, transcribe_iter
+from .transcribe import (
+    ModelBatchTranscriber,
+    ModelTranscriber,
+    Segment,
+    check_not_silent,
+    transcribe_iter,
+    transcribe_many,
+)
 from .transcribe.driver import peak
 from .weights import stored_float_dtype
 
@@ -217,23 +225,27 @@ class LFM2Audio:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     # ---- speech to text --------------------------------------------------------------------
-    def _asr(
+    def _asr_settings(
         self,
-        audio: AudioInput,
         *,
-        sample_rate: int | None = None,
         language: str | None = None,
         system: str | None = None,
         chunk_length: float = CHUNK_LENGTH_S,
         overlap: float = OVERLAP_S,
         max_new_tokens: int = MAX_NEW_TOKENS["asr"],
         **sampling: Any,
-    ) -> tuple[AudioSource, ModelTranscriber, dict]:
-        """The transcription keywords resolved: the opened recording (header checked), the window
-        transcriber (prompt from `language` unless `system` is given) and the window plan."""
+    ) -> tuple[dict, dict]:
+        """The transcription keywords resolved: (window transcriber keywords, with the prompt from
+        `language` unless `system` is given; the window plan)."""
         prompt = system if system is not None else self.asr_prompt(language)
-        fn = ModelTranscriber(self, system=prompt, max_new_tokens=max_new_tokens, **sampling)
-        return open_audio(audio, sample_rate), fn, {"chunk_length": chunk_length, "overlap": overlap}
+        job = {"system": prompt, "max_new_tokens": max_new_tokens, **sampling}
+        return job, {"chunk_length": chunk_length, "overlap": overlap}
+
+    def _asr(
+        self, audio: AudioInput, *, sample_rate: int | None = None, **kwargs: Any
+    ) -> tuple[AudioSource, ModelTranscriber, dict]:
+        job, plan = self._asr_settings(**kwargs)
+        return open_audio(audio, sample_rate), ModelTranscriber(self, **job), plan
 
     def transcribe_segments(self, audio: AudioInput, **kwargs: Any) -> Iterator[Segment]:
         """Speech to text for a recording of any length, window by window (`lfm2_mlx.transcribe`):
@@ -262,10 +274,31 @@ class LFM2Audio:
         check_not_silent(peak(wave), src.name)
         yield from fn.stream(wave)
 
-    def transcribe(self, audio: AudioInput, **kwargs: Any) -> str:
-        """Speech to text for a recording of any length (see `transcribe_segments` for the
-        keyword arguments)."""
-        return "".join(self.transcribe_stream(audio, **kwargs)).strip()
+    def transcribe_many(
+        self, audios: Sequence[AudioInput], *, batch_size: int = ASR_BATCH_SIZE, **kwargs: Any
+    ) -> Iterator[tuple[int, Segment | LFM2AudioError]]:
+        """Several recordings, their windows decoded `batch_size` at a time by the batched engine
+        (`lfm2_mlx.transcribe.batch`); greedy text equals transcribing each alone. Yields
+        (input index, `Segment`) in input order, or (input index, error) for an input that cannot
+        be read or is silent, the others going on. Keywords as `transcribe_segments`
+        (`sample_rate` applies to every bare array)."""
+        sample_rate = kwargs.pop("sample_rate", None)
+        job, plan = self._asr_settings(**kwargs)
+        srcs = [(a, sample_rate) if isinstance(a, np.ndarray) and sample_rate else a for a in audios]
+        yield from transcribe_many(srcs, ModelBatchTranscriber(self, **job), batch_size=batch_size, **plan)
+
+    def transcribe(self, audio: AudioInput | list[AudioInput], **kwargs: Any) -> str | list[str]:
+        """Speech to text for a recording of any length (keywords: `transcribe_segments`), or
+        for a list of recordings (a list of texts, in order; windows batched as
+        `transcribe_many` does, `batch_size` keyword; the first unusable input raises)."""
+        if not isinstance(audio, list):
+            return "".join(self.transcribe_stream(audio, **kwargs)).strip()
+        texts = [""] * len(audio)
+        for i, seg in self.transcribe_many(audio, **kwargs):
+            if isinstance(seg, LFM2AudioError):
+                raise seg
+            texts[i] += seg.new_text
+        return [t.strip() for t in texts]
 
     # ---- text to speech --------------------------------------------------------------------
     def speak_chunks(

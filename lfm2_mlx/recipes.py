@@ -35,6 +35,9 @@ MAX_NEW_TOKENS = {
 # One chat turn's audio is encoded whole (full attention over the clip); past this, memory and time
 # grow quadratically and the model was not trained on such turns. Transcription has no limit.
 MAX_TURN_AUDIO_S = 300.0
+# Transcription windows decoded together: on this project's 2-core CPU a full-size step at B=8 costs
+# 1.14-1.24x a B=1 step (docs/bench.md), and a GPU is further from its bandwidth limit at B=1.
+ASR_BATCH_SIZE = 8
 CHUNK_LENGTH_S = 30.0  # longest transcription window
 OVERLAP_S = 5.0  # seconds consecutive windows share
 TTS_MAX_CHARS = 300  # longest piece of text per TTS generation, cut at sentence ends

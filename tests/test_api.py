@@ -253,3 +253,40 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
     with AudioWriter(target) as w:
         w.write(np.zeros(0, dtype=np.float32))
     assert not w.written and target.read_bytes() == b"old"
+
+
+# ---- many recordings at once ---------------------------------------------------------------------
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_batched_transcription_equals_one_file_at_a_time(load_model, tmp_path, batch_size):
+    from lfm2_mlx.errors import LFM2AudioError
+
+    m = load_model("core_asr")
+    kw = {"chunk_length": 2.0, "overlap": 0.5, "max_new_tokens": 6}
+    (tmp_path / "bad.wav").write_text("not audio")
+    inputs = [
+        (clip(4.5, seed=3), 16000),  # several windows
+        str(tmp_path / "bad.wav"),
+        (clip(1.1, seed=4), 16000),  # one window
+        (np.zeros(16000 * 3, dtype=np.float32), 16000),  # silent
+        (clip(3.3, seed=5, rate=22050), 22050),
+        (0.1 * np.ones(80, dtype=np.float32), 16000),  # too short for the mel front end
+        (clip(2.2, seed=6), 16000),  # in the same batch as the one that failed
+    ]
+    got: dict[int, list] = {}
+    order = []
+    for i, seg in m.transcribe_many(inputs, batch_size=batch_size, **kw):
+        order.append(i)
+        got.setdefault(i, []).append(seg)
+    assert order == sorted(order)  # input order, each file's segments together
+    assert isinstance(got[1][0], AudioError) and isinstance(got[3][-1], SilentAudioError)
+    assert len(got[5]) == 1 and isinstance(got[5][0], AudioError) and "too short" in str(got[5][0])
+    for i in (0, 2, 4, 6):
+        alone = list(m.transcribe_segments(inputs[i], **kw))
+        assert not any(isinstance(s, LFM2AudioError) for s in got[i])
+        assert [(s.start, s.end, s.tokens, s.new_text) for s in got[i]] == [
+            (s.start, s.end, s.tokens, s.new_text) for s in alone
+        ]
+    good = [inputs[0], inputs[2], inputs[4]]
+    assert m.transcribe(good, batch_size=batch_size, **kw) == [m.transcribe(a, **kw) for a in good]
+    with pytest.raises(AudioError):
+        m.transcribe(inputs[:2], **kw)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..recipes import CHUNK_LENGTH_S, OVERLAP_S, TTS_MAX_CHARS
+from ..recipes import ASR_BATCH_SIZE, CHUNK_LENGTH_S, OVERLAP_S, TTS_MAX_CHARS
 from . import chat, speak, transcribe
 from .common import COMMANDS, PROG, note, positive_int, shared_flags
 
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             output_dir=None,
             language=None,
             chunk_length=CHUNK_LENGTH_S,
+            batch_size=ASR_BATCH_SIZE,
             overlap=OVERLAP_S,
         )
         return transcribe.run(argparse.Namespace(**ns))

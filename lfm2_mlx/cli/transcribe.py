@@ -1,5 +1,6 @@
-"""`lfm2-audio transcribe AUDIO...`: `LFM2Audio.transcribe_segments` for each input, with a
-progress bar in seconds of audio, text streamed as it becomes final, or JSON / files per input."""
+"""`lfm2-audio transcribe AUDIO...`: `LFM2Audio.transcribe_many` over the inputs (their windows
+decoded --batch-size at a time), with a progress bar in seconds of audio, text streamed as it
+becomes final, or JSON / files per input, in input order."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from ..audio_io import STDIN, AudioSource, open_audio
 from ..errors import InputError, LFM2AudioError, OutputError
 from ..files import check_writable, write_text
-from ..recipes import CHUNK_LENGTH_S, OVERLAP_S
+from ..recipes import ASR_BATCH_SIZE, CHUNK_LENGTH_S, OVERLAP_S
 from .common import (
     add_language,
     emit_json,
@@ -24,6 +25,7 @@ from .common import (
     load,
     non_negative_float,
     one_line,
+    positive_int,
     progress,
     seconds,
     timings,
@@ -67,6 +69,14 @@ def add_parser(sub, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="S",
         help=f"seconds each window shares with the previous one (default: {OVERLAP_S:g}; "
         "0 = cut at pauses only)",
+    )
+    t.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=ASR_BATCH_SIZE,
+        metavar="N",
+        help=f"windows (of one file or several) decoded together (default: {ASR_BATCH_SIZE}); "
+        "the text is the same at any N",
     )
     return t
 
@@ -152,42 +162,56 @@ def run(args: argparse.Namespace) -> int:
         and not (bar.disable is False and sys.stdout.isatty())
     )
     headers = len(sources) > 1
+    results = model.transcribe_many([src for _, src in sources], batch_size=args.batch_size, **kwargs)
+    current, segments, done, shown, t0 = None, [], 0.0, False, time.perf_counter()
+
+    def finish(i: int) -> None:
+        """Write or print input `i`'s transcript, once its last segment came."""
+        path, text = sources[i][0], "".join(s.new_text for s in segments)
+        if args.output_format == "json":
+            # Windows of several inputs share batches: an input's time is its windows' share of
+            # the batches they ran in, plus the time between its first and last results.
+            total_s = sum(s.generate_s for s in segments) + time.perf_counter() - t0
+            obj = result(path, text, segments, load_s, total_s)
+            if path in targets:
+                write_text(targets[path], json.dumps(obj, ensure_ascii=False) + "\n")
+            else:
+                emit_json(obj)
+        elif path in targets:
+            write_text(targets[path], text + "\n")
+        elif stream:
+            sys.stdout.write(("" if shown or not headers else f"==> {path} <==\n") + "\n")
+            sys.stdout.flush()
+        else:
+            bar.write((f"==> {path} <==\n" if headers else "") + text, file=sys.stdout)
+
     try:
-        for path, src in sources:
-            t0 = time.perf_counter()
-            segments, done, shown = [], 0.0, False
-            try:
-                for seg in model.transcribe_segments(src, **kwargs):
-                    segments.append(seg)
-                    bar.update(max(0.0, seg.end - done))
-                    done = max(done, seg.end)
-                    if stream and seg.new_text:
-                        if headers and not shown:
-                            sys.stdout.write(f"==> {path} <==\n")
-                        shown = True
-                        sys.stdout.write(seg.new_text)
-                        sys.stdout.flush()
-            except LFM2AudioError as e:
+        # Events come in input order; an input is complete when the next one starts (or at the
+        # end), unless it ended with an error.
+        for i, seg in results:
+            if i != current:
+                if current is not None:
+                    finish(current)
+                current, segments, done, shown, t0 = i, [], 0.0, False, time.perf_counter()
+            path = sources[i][0]
+            if isinstance(seg, LFM2AudioError):
                 if shown:
                     sys.stdout.write("\n")
-                msg = one_line(e)
+                msg = one_line(seg)
                 error(msg if path in msg else f"{path}: {msg}")
-                failed = True
+                failed, current = True, None
                 continue
-            text = "".join(s.new_text for s in segments)
-            if args.output_format == "json":
-                obj = result(path, text, segments, load_s, time.perf_counter() - t0)
-                if path in targets:
-                    write_text(targets[path], json.dumps(obj, ensure_ascii=False) + "\n")
-                else:
-                    emit_json(obj)
-            elif path in targets:
-                write_text(targets[path], text + "\n")
-            elif stream:
-                sys.stdout.write(("" if shown or not headers else f"==> {path} <==\n") + "\n")
+            segments.append(seg)
+            bar.update(max(0.0, seg.end - done))
+            done = max(done, seg.end)
+            if stream and seg.new_text:
+                if headers and not shown:
+                    sys.stdout.write(f"==> {path} <==\n")
+                shown = True
+                sys.stdout.write(seg.new_text)
                 sys.stdout.flush()
-            else:
-                bar.write((f"==> {path} <==\n" if headers else "") + text, file=sys.stdout)
+        if current is not None:
+            finish(current)
     finally:
         bar.close()
     return 1 if failed else 0

@@ -1,6 +1,7 @@
 """Long-form transcription: `driver` (reading and driving), `windows` (cutting at pauses),
 `stitch` (joining window transcripts). The method is described in `driver`."""
 
+from .batch import ModelBatchTranscriber, transcribe_many
 from .driver import (
     SILENT_PEAK,
     ModelTranscriber,
@@ -17,6 +18,7 @@ from .windows import FRAME, Window, plan, quietest, windows
 __all__ = [
     "FRAME",
     "SILENT_PEAK",
+    "ModelBatchTranscriber",
     "ModelTranscriber",
     "Segment",
     "Stitcher",
@@ -29,6 +31,7 @@ __all__ = [
     "quietest",
     "transcribe",
     "transcribe_iter",
+    "transcribe_many",
     "units",
     "windows",
 ]

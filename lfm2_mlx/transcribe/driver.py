@@ -52,7 +52,7 @@ from ..audio_io import AudioInput, AudioSource, open_audio, peak_dbfs
 from ..errors import AudioError, SilentAudioError
 from ..recipes import ASR_PROMPT, CHUNK_LENGTH_S, MAX_NEW_TOKENS, OVERLAP_S
 from .stitch import Stitcher
-from .windows import FRAME, active_frames, plan, windows
+from .windows import FRAME, Window, active_frames, plan, windows
 
 SILENT_PEAK = 1e-4  # -80 dBFS: below this a window is silence, not sent to the model
 
@@ -140,6 +140,44 @@ class ModelTranscriber:
         return text.strip(), self.steps
 
 
+class FileStitch:
+    """One recording's windows joined as their transcripts arrive, in order: `add` returns the
+    previous window's `Segment` once its text is final, `finish` the last one (or raises: an empty
+    recording is an `AudioError`, an all-silent one a `SilentAudioError`)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.stitch = Stitcher()
+        self.prev: Segment | None = None
+        self.loudest = 0.0
+
+    def add(self, w: Window, seg: Segment, wave_peak: float) -> Segment | None:
+        self.loudest = max(self.loudest, wave_peak)
+        act = active_frames(w.audio)
+        total = max(1, int(act.sum()))
+        head = int(act[: w.head // FRAME].sum()) / total
+        tail = int(act[len(act) - w.tail // FRAME :].sum()) / total if w.tail else 0.0
+        piece = self.stitch.add(seg.text, head, tail, overlapped=w.head > 0)
+        # A segment's text becomes final when the next one is stitched: report it one step late.
+        done, self.prev = self.prev, seg
+        if done is not None:
+            done.new_text = piece
+        return done
+
+    def finish(self) -> Segment:
+        if self.prev is None:
+            raise AudioError(f"{self.name} is empty (no samples)")
+        self.prev.new_text = self.stitch.finish()
+        check_not_silent(self.loudest, self.name)
+        return self.prev
+
+
+def window_segment(w: Window) -> tuple[Segment, float]:
+    """The `Segment` of a window before transcription (silent ones are skipped) and its peak."""
+    wave_peak = peak(w.audio)
+    return Segment(w.start / SAMPLE_RATE, w.end / SAMPLE_RATE, "", skipped=wave_peak < SILENT_PEAK), wave_peak
+
+
 def transcribe_iter(
     audio: AudioInput,
     transcriber: Transcriber,
@@ -153,33 +191,17 @@ def transcribe_iter(
     it is stitched. Raises `SilentAudioError` when every window is silent."""
     plan(chunk_length, overlap)
     src = open_audio(audio, sample_rate)
-    name = name or src.name
-    stitch = Stitcher()
-    prev: Segment | None = None
-    loudest = 0.0
+    state = FileStitch(name or src.name)
     for w in windows(src.blocks(SAMPLE_RATE), chunk_length, overlap):
-        wpeak = peak(w.audio)
-        loudest = max(loudest, wpeak)
-        seg = Segment(w.start / SAMPLE_RATE, w.end / SAMPLE_RATE, "", skipped=wpeak < SILENT_PEAK)
+        seg, wave_peak = window_segment(w)
         if not seg.skipped:
             seg.text, seg.tokens = transcriber(w.audio)
             seg.first_token_s = getattr(transcriber, "first_token_s", None)
             seg.generate_s = getattr(transcriber, "generate_s", 0.0)
-        act = active_frames(w.audio)
-        total = max(1, int(act.sum()))
-        head = int(act[: w.head // FRAME].sum()) / total
-        tail = int(act[len(act) - w.tail // FRAME :].sum()) / total if w.tail else 0.0
-        piece = stitch.add(seg.text, head, tail, overlapped=w.head > 0)
-        # A segment's text becomes final when the next one is stitched: report it one step late.
-        if prev is not None:
-            prev.new_text = piece
-            yield prev
-        prev = seg
-    if prev is None:
-        raise AudioError(f"{name} is empty (no samples)")
-    prev.new_text = stitch.finish()
-    check_not_silent(loudest, name)
-    yield prev
+        done = state.add(w, seg, wave_peak)
+        if done is not None:
+            yield done
+    yield state.finish()
 
 
 def transcribe(
@@ -212,6 +234,7 @@ def transcribe(
 __all__ = [
     "SILENT_PEAK",
     "AudioSource",
+    "FileStitch",
     "ModelTranscriber",
     "Segment",
     "Transcriber",
@@ -219,4 +242,5 @@ __all__ = [
     "check_not_silent",
     "transcribe",
     "transcribe_iter",
+    "window_segment",
 ]
