@@ -23,10 +23,10 @@ import mlx.core as mx
 import numpy as np
 
 from .audio_io import SAMPLE_RATE_IN, SAMPLE_RATE_OUT, AudioInput, AudioSource, open_audio, read_audio
-from .chat import AUDIO_EOS, ChatState, Modality, Tokenizer
+from .chat import AUDIO_EOS, ChatState, Tokenizer
 from .device import compute_dtype
 from .errors import CheckpointError, InputError, LFM2AudioError, NoAudioError
-from .generate import GenerationStep, generate
+from .generate import GenerationStep, Request, generate
 from .loading import DETOKENIZER_DIR, DTYPES, MIMI_FILE, MLX_KEY, load_model, read_config, resolve
 from .models.lfm2_audio import Model
 from .recipes import (
@@ -36,6 +36,7 @@ from .recipes import (
     DEFAULT_MODEL,
     MAX_NEW_TOKENS,
     OVERLAP_S,
+    TTS_BATCH_SIZE,
     TTS_MAX_CHARS,
     TTS_SAMPLING,
     VOICES,
@@ -43,8 +44,9 @@ from .recipes import (
     checkpoint_languages,
     tts_prompt,
 )
-from .session import ChatSession, Reply, ReplyChunk, check_turn_seconds
-from .text import TextStream, split_sentences
+from .replies import Chunker, Reply, ReplyChunk, stream_rows
+from .session import ChatSession, check_turn_seconds
+from .text import split_sentences
 from .transcribe import (
     ModelBatchTranscriber,
     ModelTranscriber,
@@ -197,27 +199,10 @@ class LFM2Audio:
     ) -> Iterator[ReplyChunk]:
         """Generate and yield text pieces and PCM chunks as they exist."""
         dec = self._decoder(decoder) if with_audio else None
-        text = TextStream(self.tokenizer)
+        chunker = Chunker(self.tokenizer)
         for step in generate(self.model, chat, decoder=dec, **kwargs):
-            if step.modality == Modality.TEXT:
-                yield ReplyChunk(text=text.add(step.token), step=step)
-            else:
-                pcm = None if step.pcm is None else np.asarray(step.pcm, dtype=np.float32)
-                yield ReplyChunk(audio=pcm, step=step if step.frame is not None else None)
-        rest = text.flush()
-        if rest:
-            yield ReplyChunk(text=rest)
-
-    def collect(self, chunks: Iterator[ReplyChunk]) -> Reply:
-        text, audio, tokens = [], [], []
-        for c in chunks:
-            text.append(c.text)
-            if c.audio is not None:
-                audio.append(c.audio)
-            if c.step is not None:
-                tokens.append(c.step.value)
-        pcm = np.concatenate(audio) if audio else np.zeros(0, dtype=np.float32)
-        return Reply("".join(text).strip(), pcm, tokens)
+            yield chunker.chunk(step)
+        yield from chunker.rest()
 
     def text_of(self, tokens: list) -> str:
         """The text of generated steps (frames skipped, special tokens dropped)."""
@@ -312,29 +297,48 @@ class LFM2Audio:
         max_chars: int = TTS_MAX_CHARS,
         decoder: str | Any | None = None,
         max_new_tokens: int = MAX_NEW_TOKENS["tts"],
+        batch_size: int = TTS_BATCH_SIZE,
         **sampling: Any,
     ) -> Iterator[ReplyChunk]:
         """Text to speech as `ReplyChunk`s (generated steps and PCM). Long text is cut at sentence
-        ends into pieces of at most `max_chars` characters (0: never), each spoken in turn.
-        A piece whose generation yields no audio raises `NoAudioError`."""
+        ends into pieces of at most `max_chars` characters (0: never); the pieces are generated
+        `batch_size` at a time by the batched engine and come out in order (the first streams
+        live). A piece whose generation yields no audio raises `NoAudioError`."""
         pieces = split_sentences(text or "", max_chars)
         if not pieces:
             raise InputError("nothing to speak: the text is empty")
         prompt = system if system is not None else self.tts_prompt(voice, voice_description, language)
         dec = self._decoder(decoder)
         kw = {**TTS_SAMPLING, **sampling}
-        for i, piece in enumerate(pieces):
-            chat = self.user_turn(self.new_chat(prompt), text=piece)
-            heard = False
-            for c in self.stream(chat, decoder=dec, max_new_tokens=max_new_tokens, **kw):
-                c.piece, c.piece_text = i, piece
-                heard = heard or (c.audio is not None and c.audio.size > 0)
-                yield c
-            if not heard:
-                where = f" for piece {i + 1} of {len(pieces)} ({piece[:40]!r})" if len(pieces) > 1 else ""
-                raise NoAudioError(
-                    f"the model produced no audio{where} (try a larger max_new_tokens, now {max_new_tokens})"
-                )
+        requests = [
+            Request(
+                self.user_turn(self.new_chat(prompt), text=p),
+                max_new_tokens=max_new_tokens,
+                decoder=dec,
+                **kw,
+            )
+            for p in pieces
+        ]
+        heard = [False] * len(pieces)
+        last = -1
+        for i, c in stream_rows(self.model, self.tokenizer, requests, batch_size):
+            if i != last:  # pieces come in order: the previous one is complete
+                self._check_heard(heard, pieces, last, max_new_tokens)
+                last = i
+            c.piece, c.piece_text = i, pieces[i]
+            heard[i] = heard[i] or (c.audio is not None and c.audio.size > 0)
+            yield c
+        for i in range(last, len(pieces)):  # the last piece, and any that yielded no chunk at all
+            self._check_heard(heard, pieces, i, max_new_tokens)
+
+    @staticmethod
+    def _check_heard(heard: list[bool], pieces: list[str], i: int, max_new_tokens: int) -> None:
+        """The no-audio policy: speech was asked for, so a piece without audio is an error."""
+        if i >= 0 and not heard[i]:
+            where = f" for piece {i + 1} of {len(pieces)} ({pieces[i][:40]!r})" if len(pieces) > 1 else ""
+            raise NoAudioError(
+                f"the model produced no audio{where} (try a larger max_new_tokens, now {max_new_tokens})"
+            )
 
     def speak_stream(self, text: str, **kwargs: Any) -> Iterator[np.ndarray]:
         """Text to speech, yielding float32 24 kHz PCM chunks as frames are generated (see

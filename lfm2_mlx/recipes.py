@@ -38,6 +38,7 @@ MAX_TURN_AUDIO_S = 300.0
 # Transcription windows decoded together: on this project's 2-core CPU a full-size step at B=8 costs
 # 1.14-1.24x a B=1 step (docs/bench.md), and a GPU is further from its bandwidth limit at B=1.
 ASR_BATCH_SIZE = 8
+TTS_BATCH_SIZE = 8  # pieces of a long text generated together, for the same reason
 CHUNK_LENGTH_S = 30.0  # longest transcription window
 OVERLAP_S = 5.0  # seconds consecutive windows share
 TTS_MAX_CHARS = 300  # longest piece of text per TTS generation, cut at sentence ends

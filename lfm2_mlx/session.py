@@ -1,21 +1,19 @@
-"""Conversations: `ChatSession` (a multi-turn spoken chat that keeps its whole history, earlier
-reply audio included) and the reply types every task streams (`ReplyChunk`, `Reply`)."""
+"""Conversations: `ChatSession`, a multi-turn spoken chat that keeps its whole history, earlier
+reply audio included, and the chat-turn audio policy."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from .audio_io import SAMPLE_RATE_OUT, AudioInput, open_audio
+from .audio_io import AudioInput, open_audio
 from .chat import ChatState, check_history, close_open_audio
 from .errors import AudioTooLongError, InputError
 from .files import atomic_path
-from .generate import GenerationStep, PromptCache
+from .generate import PromptCache
 from .recipes import CHAT_PROMPT, CHAT_SAMPLING, MAX_NEW_TOKENS, MAX_TURN_AUDIO_S
+from .replies import Reply, ReplyChunk, collect
 
 if TYPE_CHECKING:
     from .api import LFM2Audio
@@ -39,29 +37,6 @@ def turn_audio(
     src = open_audio(audio, sample_rate)
     check_turn_seconds(src.duration, max_audio_s)
     return src.reusable()
-
-
-@dataclass
-class Reply:
-    """One assistant turn: its text, its audio (float32, 24 kHz, empty if none) and every
-    generated step in order (ints for text tokens, 8-code lists for frames, EOAudio included)."""
-
-    text: str
-    audio: np.ndarray
-    tokens: list = field(default_factory=list)
-    sample_rate: int = SAMPLE_RATE_OUT
-
-
-@dataclass
-class ReplyChunk:
-    """A streamed piece of a reply: new text, new audio, or both empty at a frame boundary.
-    `piece` is the index of the text piece being spoken (long TTS text is split)."""
-
-    text: str = ""
-    audio: np.ndarray | None = None
-    step: GenerationStep | None = None
-    piece: int = 0
-    piece_text: str = ""
 
 
 class ChatSession:
@@ -123,7 +98,7 @@ class ChatSession:
         self.state = chat
 
     def send(self, audio: AudioInput | None = None, text: str | None = None, **kwargs: Any) -> Reply:
-        return self.model.collect(self.send_stream(audio, text, **kwargs))
+        return collect(self.send_stream(audio, text, **kwargs))
 
     def save(self, path: str | Path) -> None:
         """Write the history (text ids, mel features, reply frames) to an .npz file, atomically:

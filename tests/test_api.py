@@ -96,6 +96,12 @@ def test_long_text_is_split_at_sentence_ends_by_the_library(tts):
     one_by_one = np.concatenate([tts.speak(p, max_chars=0, **kw) for p in pieces])
     np.testing.assert_array_equal(whole, one_by_one)
     assert len(tts.speak(text, max_chars=0, **kw)) != len(whole)
+    # The pieces run as one batch (rows joining as others end): the same audio at any batch size,
+    # and the chunks come out in piece order.
+    for batch_size in (1, 2):
+        np.testing.assert_array_equal(tts.speak(text, max_chars=20, batch_size=batch_size, **kw), whole)
+    order = [c.piece for c in tts.speak_chunks(text, max_chars=20, batch_size=3, **kw)]
+    assert order == sorted(order)
 
 
 def test_no_audio_is_an_error_not_an_empty_wave(tts):

@@ -31,7 +31,7 @@ RANKS = [
         ),
     ),
     (1, ("chat", "models", "decoders", "generate", "policy", "batch")),
-    (2, ("loading", "quantize", "transcribe")),
+    (2, ("loading", "quantize", "transcribe", "replies")),
     (3, ("api", "session", "convert")),
     (4, ("live",)),
     (5, ("cli", "server")),

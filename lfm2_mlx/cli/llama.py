@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..recipes import ASR_BATCH_SIZE, CHUNK_LENGTH_S, OVERLAP_S, TTS_MAX_CHARS
+from ..recipes import ASR_BATCH_SIZE, CHUNK_LENGTH_S, OVERLAP_S, TTS_BATCH_SIZE, TTS_MAX_CHARS
 from . import chat, speak, transcribe
 from .common import COMMANDS, PROG, note, positive_int, shared_flags
 
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             voice_description=None,
             language=None,
             max_chars=TTS_MAX_CHARS,
+            batch_size=TTS_BATCH_SIZE,
         )
         return speak.run(argparse.Namespace(**ns))
     if args.audio is None and not args.prompt:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..audio_io import AudioWriter, check_audio_output
-from ..recipes import TTS_MAX_CHARS, VOICES
+from ..recipes import TTS_BATCH_SIZE, TTS_MAX_CHARS, VOICES
 from .common import (
     add_language,
     emit_json,
@@ -17,6 +17,7 @@ from .common import (
     load,
     non_negative_int,
     note,
+    positive_int,
     progress,
     timings,
     voice,
@@ -66,6 +67,13 @@ def add_parser(sub, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"longest piece of text per generation, split at sentence ends (default: {TTS_MAX_CHARS}; "
         "0 = no split)",
     )
+    s.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=TTS_BATCH_SIZE,
+        metavar="N",
+        help=f"pieces of text generated together (default: {TTS_BATCH_SIZE}); written in order",
+    )
     return s
 
 
@@ -83,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         language=args.language,
         max_chars=args.max_chars,
         decoder=args.decoder,
+        batch_size=args.batch_size,
         **generation_kwargs(args),
     )
     t0 = time.perf_counter()
