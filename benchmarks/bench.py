@@ -70,9 +70,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scenarios",
         default=DEFAULT_SCENARIOS,
-        help=f"comma-separated subset of {', '.join(sc.SCENARIOS)} (default: all)",
+        help=f"comma-separated subset of {', '.join(sc.SCENARIOS)}, or none (default: all)",
     )
     p.add_argument("--steps", type=int, default=24, help="generated steps per scenario (default: 24)")
+    p.add_argument(
+        "--batch-sizes",
+        default="",
+        metavar="B,...",
+        help="throughput section: run B rows in one batch for each size given, e.g. 1,2,4,8,16 "
+        "(one process per size; default: none)",
+    )
+    p.add_argument(
+        "--batch-tasks",
+        default=",".join(sc.BATCH_TASKS),
+        help="what the throughput section batches: asr (B clips of 2-3 s), tts (B short texts) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--whole-process",
+        action="store_true",
+        help="time the README's main job end to end: `lfm2-audio transcribe` of a 6.8 s clip, "
+        "--steps steps, with today's defaults and with the old ones (bundled BLAS, bfloat16); "
+        "with --compare also 8 clips batched against liquid-audio and mlx-audio one at a time",
+    )
     p.add_argument(
         "--blas",
         choices=("auto", "bundled", "openblas", "both"),
@@ -430,6 +450,98 @@ def mlx_worker(job: dict) -> dict:
     }
 
 
+def batch_worker(job: dict) -> dict:
+    """One batch size: load, warm up at that size, then each task with B rows in one batch.
+    asr: B clips of 2-3 s, greedy, `steps` steps; tts: B short texts, one text step then frames
+    with the TTS recipe's audio sampling (temperature 0.8, top-k 64; one seed per row). Steps are
+    timed when `BatchGenerator.next()` returns them: on the host for every row."""
+    import mlx.core as mx
+
+    import lfm2_mlx
+    from lfm2_mlx.generate import BatchGenerator, Request
+    from lfm2_mlx.recipes import TTS_SAMPLING
+
+    t = time.perf_counter()
+    model = lfm2_mlx.load(job["checkpoint"], dtype=job.get("load_dtype"))
+    load_s = time.perf_counter() - t
+    b = job["batch"]
+
+    def requests(task: str, steps: int, clips: list | None) -> tuple[list, list[int]]:
+        if task == "asr":
+            chats = [model.user_turn(model.new_chat(sc.ASR_PROMPT), audio=(c, 16000)) for c in clips]
+            reqs = [Request(c, mode="sequential", max_new_tokens=steps) for c in chats]
+        else:
+            texts = [sc.TTS_TEXTS[i % len(sc.TTS_TEXTS)] for i in range(b)]
+            chats = [model.user_turn(model.new_chat(sc.TTS_PROMPT), text=x) for x in texts]
+            # As the tts scenario: one text step then frames (random weights never choose
+            # <|audio_start|>, so a policy shapes the run as a TTS reply).
+            reqs = [
+                Request(c, mode="interleaved", max_new_tokens=steps, seed=i, **TTS_SAMPLING)
+                for i, c in enumerate(chats)
+            ]
+        return reqs, [len(c) for c in chats]
+
+    def once(task: str, steps: int, clips: list | None = None) -> dict:
+        gc.collect()
+        mx.reset_peak_memory()
+        config = model.model.config
+        # The policies read the interleaved run lengths when the rows join (insert).
+        if task == "tts":
+            model.model.config = dataclasses.replace(config, interleaved_n_text=1, interleaved_n_audio=10**6)
+        try:
+            clock = sc.Clock()
+            reqs, positions = requests(task, steps, clips)
+            engine = BatchGenerator(model.model)
+            index = {uid: i for i, uid in enumerate(engine.insert(reqs))}
+            tokens: list[list] = [[] for _ in reqs]
+            times = []
+            while engine:
+                outs = engine.next()
+                now = clock()
+                stepped = False
+                for o in outs:
+                    for st in o.steps:
+                        if st.value is not None:
+                            tokens[index[o.uid]].append(st.value)
+                            stepped = True
+                if stepped:
+                    times.append(now)
+        finally:
+            model.model.config = config
+        audio_in = sum(len(c) for c in clips) / 16000 if clips is not None else 0.0
+        out = sc.summarize_batch(
+            times, tokens, steps_requested=steps, prompt_positions=positions, audio_in_s=audio_in
+        )
+        out["peak_mlx_bytes"] = int(mx.get_peak_memory())
+        return out
+
+    clips = sc.batch_clips(b)
+    if job.get("warmup", True):
+        for task in job["tasks"]:
+            once(task, 2, [sc.WARMUP.clip()] * b if task == "asr" else None)
+    results = {}
+    for task in job["tasks"]:
+        results[task] = once(task, job["steps"], clips if task == "asr" else None)
+        r = results[task]
+        sys.stderr.write(
+            f"{sc.PROGRESS_PREFIX}B={b} {task}: {r['total_s']:.2f} s, {r['decode_step_s']:.3f} s per step\n"
+        )
+        sys.stderr.flush()
+    return {
+        "impl": "lfm2-mlx",
+        "version": lfm2_mlx.__version__,
+        "mlx": mx.__version__,
+        "device": str(mx.default_device()),
+        "dtype": job["dtype"],
+        "weights_dtype": str(model.model.dtype).replace("mlx.core.", ""),
+        "batch": b,
+        "load_s": load_s,
+        "peak_mlx_bytes": max([r["peak_mlx_bytes"] for r in results.values()] + [int(mx.get_peak_memory())]),
+        "peak_rss_bytes": sc.peak_rss_bytes(),
+        "tasks": results,
+    }
+
+
 def convert_worker(job: dict) -> dict:
     from lfm2_mlx.convert import convert
 
@@ -685,6 +797,374 @@ def bandwidth_lines(report: dict) -> str:
     return "\n".join(lines)
 
 
+# ---- batched throughput and whole-process runs -------------------------------------------------------
+def parse_sizes(value: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in parse_list(value, what="batch-sizes")]
+    except ValueError:
+        raise BenchError(f"--batch-sizes {value!r}: give whole numbers, e.g. 1,2,4,8,16") from None
+    if min(sizes) < 1:
+        raise BenchError("--batch-sizes must be at least 1")
+    return sizes
+
+
+def mlx_checkpoint(ctx: dict, dtype: str, env: dict) -> tuple[str | None, str | None]:
+    """The folder a lfm2-mlx run of `dtype` loads (a quantized one is converted once), or
+    (None, why not)."""
+    if dtype in FLOAT_DTYPES:
+        return str(ctx["folder"]), None
+    q, why = quantized_folder(
+        ctx["folder"], dtype, ctx["q_group_size"], ctx["cache_dir"], env, ctx["timeout"]
+    )
+    return (str(q) if q else None), why
+
+
+def run_batch(ctx: dict, dtype: str, mode: str, b: int, tasks: list[str]) -> dict:
+    """One batch size in a fresh process (its own peak memory)."""
+    head = {"impl": "lfm2-mlx", "dtype": dtype, "blas": mode, "batch": b}
+    log(f"batch B={b}: {label(head)}")
+    env = blas_env(mode, ctx["openblas"])
+    ckpt, why = mlx_checkpoint(ctx, dtype, env)
+    if ckpt is None:
+        return {**head, "skipped": why}
+    job = {
+        "kind": "batch",
+        "checkpoint": ckpt,
+        "dtype": dtype,
+        "load_dtype": dtype if dtype in FLOAT_DTYPES else None,
+        "batch": b,
+        "steps": ctx["steps"],
+        "tasks": tasks,
+        "warmup": ctx["warmup"],
+    }
+    me = [sys.executable, str(Path(__file__).resolve()), "--worker"]
+    result = run_worker(me, job, env, ctx["timeout"])
+    result.update(head)
+    if "error" in result:
+        log(f"  failed: {result['error']}")
+    return result
+
+
+def batch_scaling_report(runs: list[dict]) -> list[dict]:
+    """sc.batch_scaling for each (dtype, BLAS) and task of the batch section."""
+    out = []
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        if "tasks" in r:
+            groups.setdefault((r["dtype"], r["blas"]), []).append(r)
+    for (dtype, blas), rs in groups.items():
+        for task in sc.BATCH_TASKS:
+            scaling = sc.batch_scaling(rs, task)
+            if scaling:
+                out.append({"dtype": dtype, "blas": blas, "task": task, "by_batch": scaling})
+    return out
+
+
+def batch_table(report: dict) -> str:
+    heads = [
+        "configuration",
+        "B",
+        "ASR wall",
+        "ASR step",
+        "vs B=1",
+        "audio s/s",
+        "text tok/s",
+        "TTS wall",
+        "TTS step",
+        "vs B=1",
+        "frames/s",
+        "peak RSS",
+        "MLX peak",
+    ]
+    scaling = {(s["dtype"], s["blas"], s["task"]): s["by_batch"] for s in report.get("batch_scaling", [])}
+    rows = []
+    for r in report["batch"]:
+        if "tasks" not in r:
+            rows.append([label(r), str(r["batch"]), r.get("error") or r.get("skipped") or "?"])
+            continue
+        row = [label(r), str(r["batch"])]
+        for task, rate in (("asr", ("audio_s_per_s", "text_tokens_per_s")), ("tts", ("audio_frames_per_s",))):
+            t = r["tasks"].get(task)
+            vs = scaling.get((r["dtype"], r["blas"], task), {}).get(r["batch"], {}).get("step_vs_b1")
+            if t is None:
+                row += ["-"] * (3 + len(rate))
+                continue
+            row += [fmt(t["total_s"], " s"), fmt(t["decode_step_s"], " s", 3), fmt(vs, "x")]
+            row += [fmt(t[k], "", 2 if (t[k] or 0) < 10 else 1) for k in rate]
+        row.append(fmt(r["peak_rss_bytes"] / 2**30, " GiB"))
+        row.append(fmt(r["peak_mlx_bytes"] / 2**30, " GiB"))
+        rows.append(row)
+    return _grid(heads, rows)
+
+
+def _grid(heads: list[str], rows: list[list[str]]) -> str:
+    full = [r for r in rows if len(r) == len(heads)]
+    widths = [max(len(str(x[i])) for x in [heads] + full) for i in range(len(heads))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths))]
+    for row in rows:
+        if len(row) == len(heads):
+            lines.append("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+        else:
+            lines.append("  ".join(str(x) for x in row))
+    return "\n".join(lines)
+
+
+def write_clip(path: Path, wave: np.ndarray) -> Path:
+    """A float WAV of a scenario clip (16 kHz), the same samples the drivers are given."""
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), wave, 16000, subtype="FLOAT")
+    return path
+
+
+def timed_process(cmd: list[str], env: dict, timeout: float) -> dict:
+    """Wall time of a whole process, start to exit, and its own peak RSS. On Linux the peak is
+    the process's VmHWM, polled: getrusage's ru_maxrss of a forked child starts from the
+    parent's, which would put this process's memory under every row."""
+    import tempfile
+    import threading
+
+    hwm = [0]
+
+    def poll(pid: int) -> None:
+        status = Path(f"/proc/{pid}/status")
+        while True:
+            try:
+                text = status.read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    hwm[0] = max(hwm[0], int(line.split()[1]) * 1024)
+            time.sleep(0.05)
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True, cwd=str(HERE.parent))
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        poller = threading.Thread(target=poll, args=(proc.pid,), daemon=True)
+        if sys.platform == "linux":
+            poller.start()
+        try:
+            proc.wait()
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if wall >= timeout:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    result: dict[str, Any] = {"wall_s": wall, "exit_code": proc.returncode, "peak_rss_bytes": hwm[0] or None}
+    result["stdout_tail"] = stdout[-100_000:]
+    result["notes"] = [x for x in stderr.splitlines() if x.startswith("note:")][:5]
+    if proc.returncode != 0:
+        result["error"] = f"exit code {proc.returncode}: " + " | ".join(stderr.strip().splitlines()[-3:])
+    return result
+
+
+def whole_process_runs(ctx: dict, compare: bool) -> list[dict]:
+    """The README's main job as a user runs it: `lfm2-audio transcribe CLIP -m FOLDER` with no
+    flags or env vars (only --max-new-tokens, since random weights never stop), and the same
+    with the old defaults (MLX's bundled BLAS, bfloat16). With `compare`: liquid-audio and
+    mlx-audio (OpenBLAS) on the same clip, then 8 batch clips: lfm2-mlx batched
+    (`generate_batch`, and the CLI given the 8 files) against the others one at a time."""
+    steps, folder = ctx["steps"], ctx["folder"]
+    clips_dir = ctx["cache_dir"] / "clips"
+    main_wav = write_clip(clips_dir / "main_clip_6.8s.wav", sc.MAIN_CLIP.clip())
+    batch_names = [f"clip{i}" for i in range(8)]
+    batch_wavs = [write_clip(clips_dir / f"{n}.wav", sc.scenario(n).clip()) for n in batch_names]
+    plain = {k: v for k, v in os.environ.items() if k not in ("LFM2_AUDIO_OPENBLAS", "LD_PRELOAD")}
+    cli = [sys.executable, "-m", "lfm2_mlx", "transcribe"]
+    tail = ["-m", str(folder), "--max-new-tokens", str(steps)]
+    jobs: list[tuple[dict, list[str], dict]] = [
+        (
+            {"job": "1 clip", "impl": "lfm2-mlx", "how": "defaults (float32, OpenBLAS found by lfm2_mlx)"},
+            cli + [str(main_wav)] + tail,
+            plain,
+        ),
+        (
+            {
+                "job": "1 clip",
+                "impl": "lfm2-mlx",
+                "how": "old defaults: LFM2_AUDIO_OPENBLAS=0 --dtype bfloat16",
+            },
+            cli + [str(main_wav)] + tail + ["--dtype", "bfloat16"],
+            {**plain, "LFM2_AUDIO_OPENBLAS": "0"},
+        ),
+    ]
+    if compare:
+        batch_job = {
+            "kind": "batch",
+            "checkpoint": str(folder),
+            "dtype": "default",
+            "batch": 8,
+            "steps": steps,
+            "tasks": ["asr"],
+            "warmup": False,
+        }
+        jobs.append(
+            (
+                {"job": "8 clips", "impl": "lfm2-mlx", "how": "generate_batch, B=8, defaults"},
+                [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(batch_job)],
+                plain,
+            )
+        )
+        jobs.append(
+            (
+                {
+                    "job": "8 clips",
+                    "impl": "lfm2-mlx",
+                    "how": "lfm2-audio transcribe of the 8 files, defaults",
+                },
+                cli + [str(w) for w in batch_wavs] + tail,
+                plain,
+            )
+        )
+        for job, names in (("1 clip", [sc.MAIN_CLIP.name]), ("8 clips", batch_names)):
+            for impl in ("liquid-audio", "mlx-audio"):
+                py = ctx["ref_py"] if impl == "liquid-audio" else ctx["mlxa_py"]
+                driver = HERE / ("ref_driver.py" if impl == "liquid-audio" else "mlx_audio_driver.py")
+                spec = {"checkpoint": str(folder), "dtype": "float32", "steps": steps, "warmup": False}
+                spec["scenarios"] = names
+                how = (
+                    "float32, torch threads default"
+                    if impl == "liquid-audio"
+                    else "float32, OpenBLAS preloaded"
+                )
+                if not Path(py).is_file():
+                    jobs.append(
+                        ({"job": job, "impl": impl, "how": how, "skipped": f"{py} not found"}, [], {})
+                    )
+                    continue
+                env = dict(plain) if impl == "liquid-audio" else blas_env("openblas", ctx["openblas"])
+                jobs.append(
+                    ({"job": job, "impl": impl, "how": how}, [str(py), str(driver), json.dumps(spec)], env)
+                )
+    jobs.sort(key=lambda j: j[0]["job"])  # stable: the one-clip rows, then the batch rows
+    out = []
+    for i, (head, cmd, env) in enumerate(jobs, 1):
+        log(f"whole process [{i}/{len(jobs)}] {head['job']}: {head['impl']}, {head['how']}")
+        if "skipped" in head:
+            out.append(head)
+            log(f"  skipped: {head['skipped']}")
+            continue
+        r = {**head, "command": _shell(cmd, env, plain), **timed_process(cmd, env, ctx["timeout"])}
+        stdout = r.pop("stdout_tail", "")
+        worker = [x for x in stdout.splitlines() if x.startswith(sc.RESULT_PREFIX)]
+        if worker:  # a driver or worker: keep its own figures (load, per clip)
+            w = json.loads(worker[-1][len(sc.RESULT_PREFIX) :])
+            if "error" in w:
+                r["error"] = w["error"]
+            r["load_s"] = w.get("load_s")
+            per = [v.get("steps") for v in (w.get("scenarios") or {}).values()]
+            per += [len(row) for v in (w.get("tasks") or {}).values() for row in v["tokens"]]
+            r["steps_per_input"] = per
+        elif stdout:
+            r["output"] = stdout[-300:]
+        log(f"  {fmt(r.get('wall_s'), ' s')}" + (f"  failed: {r['error']}" if "error" in r else ""))
+        out.append(r)
+    return out
+
+
+def _shell(cmd: list[str], env: dict, base: dict) -> str:
+    """A command line as one would type it (the env vars that differ from the plain env first)."""
+    import shlex
+
+    extra = [
+        f"{k}={v}" for k, v in env.items() if base.get(k) != v and k in ("LFM2_AUDIO_OPENBLAS", "LD_PRELOAD")
+    ]
+    return " ".join(extra + [shlex.quote(c) for c in cmd])
+
+
+def whole_process_table(rows: list[dict]) -> str:
+    heads = ["job", "implementation", "how", "wall", "/ first lfm2-mlx row", "peak RSS"]
+    base = {}
+    for r in rows:
+        if r["impl"] == "lfm2-mlx" and "wall_s" in r and "error" not in r:
+            base.setdefault(r["job"], r["wall_s"])
+    lines = []
+    for r in rows:
+        if "wall_s" not in r or "error" in r:
+            lines.append([r["job"], r["impl"], r["how"], r.get("error") or r.get("skipped") or "?"])
+            continue
+        b = base.get(r["job"])
+        lines.append(
+            [
+                r["job"],
+                r["impl"],
+                r["how"],
+                fmt(r["wall_s"], " s", 1),
+                fmt(r["wall_s"] / b if b else None, "x"),
+                fmt(r["peak_rss_bytes"] / 2**30 if r.get("peak_rss_bytes") else None, " GiB"),
+            ]
+        )
+    return _grid(heads, lines)
+
+
+def batch_targets(report: dict) -> list[dict]:
+    """The batched-engine issue's targets, judged on what this run measured."""
+    out = []
+    full = report["checkpoint"].get("preset") == "full"
+    step = None
+    for s in report.get("batch_scaling", []):
+        if s["task"] == "asr" and s["dtype"] == "float32" and 8 in s["by_batch"]:
+            step = s["by_batch"][8].get("step_vs_b1")
+    out.append(
+        {
+            "target": "a batch step at B=8 at most 1.5x a B=1 step at full size",
+            "met": None if step is None or not full else step <= 1.5,
+            "note": "not measured (needs --batch-sizes with 1 and 8, full preset, float32)"
+            if step is None or not full
+            else f"ASR step at B=8 is {step:.2f}x the B=1 step",
+        }
+    )
+    wp = report.get("whole_process", [])
+
+    def wall(job: str, impl: str, how: str = "") -> float | None:
+        return next(
+            (
+                r["wall_s"]
+                for r in wp
+                if r["job"] == job
+                and r["impl"] == impl
+                and how in r["how"]
+                and "error" not in r
+                and "wall_s" in r
+            ),
+            None,
+        )
+
+    if not full:  # the targets are about the full-size model
+        return out
+    ours1, ref1 = wall("1 clip", "lfm2-mlx", "defaults ("), wall("1 clip", "liquid-audio")
+    out.append(
+        {
+            "target": "one clip end to end no slower than liquid-audio",
+            "met": None if ours1 is None or ref1 is None else ours1 <= ref1,
+            "note": "not measured (needs --whole-process --compare)"
+            if ours1 is None or ref1 is None
+            else f"lfm2-mlx {ours1:.1f} s, liquid-audio {ref1:.1f} s: {ref1 / ours1:.2f}x",
+        }
+    )
+    ours8 = wall("8 clips", "lfm2-mlx", "generate_batch")
+    others = {impl: wall("8 clips", impl) for impl in ("liquid-audio", "mlx-audio")}
+    ok = ours8 is not None and all(v is not None for v in others.values())
+    out.append(
+        {
+            "target": "8 clips x 24 steps at least 3x faster end to end than liquid-audio and mlx-audio",
+            "met": None if not ok else all(v / ours8 >= 3 for v in others.values()),
+            "note": "not measured (needs --whole-process --compare with both venvs)"
+            if not ok
+            else ", ".join(f"{k} {v:.1f} s ({v / ours8:.2f}x)" for k, v in others.items())
+            + f" vs lfm2-mlx batched {ours8:.1f} s",
+        }
+    )
+    return out
+
+
 # ---- main ----------------------------------------------------------------------------------------
 def resolve_checkpoint(name: str, cache_dir: Path | None) -> tuple[Path, dict]:
     if name in bc.PRESETS:
@@ -711,7 +1191,13 @@ def _main(args: argparse.Namespace) -> int:
     dtypes = parse_list(args.dtypes, what="dtypes")
     for d in dtypes:
         check_dtype(d)
-    scen = parse_list(args.scenarios, tuple(sc.SCENARIOS), "scenarios")
+    scen = (
+        []
+        if args.scenarios.strip() == "none"
+        else parse_list(args.scenarios, tuple(sc.SCENARIOS), "scenarios")
+    )
+    sizes = parse_sizes(args.batch_sizes) if args.batch_sizes.strip() else []
+    tasks = parse_list(args.batch_tasks, sc.BATCH_TASKS, "batch-tasks")
     compare_dtypes = parse_list(args.compare_dtypes, ("float32", "bfloat16"), "compare-dtypes")
     if args.steps < 1:
         raise BenchError("--steps must be at least 1")
@@ -735,17 +1221,21 @@ def _main(args: argparse.Namespace) -> int:
         "openblas": openblas if "openblas" in modes else None,
         "notes": notes,
         "runs": [],
+        "batch": [],
+        "whole_process": [],
     }
     warmup = not args.no_warmup
     me = [sys.executable, str(Path(__file__).resolve()), "--worker"]
     jobs = []
-    for mode in modes:
+    for mode in modes if scen else []:
         for d in dtypes:
             jobs.append(("lfm2-mlx", d, mode))
-    if args.compare:
-        comparable = [s for s in scen if s in sc.COMPARABLE]
-        if not comparable:
-            raise BenchError(f"--compare needs one of the scenarios {', '.join(sc.COMPARABLE)}")
+    comparable = [s for s in scen if s in sc.COMPARABLE]
+    if args.compare and not comparable and not args.whole_process:
+        raise BenchError(
+            f"--compare needs one of the scenarios {', '.join(sc.COMPARABLE)}, or --whole-process"
+        )
+    if args.compare and comparable:
         for d in compare_dtypes:
             jobs.append(("liquid-audio", d, "default"))
         for mode in modes:
@@ -812,8 +1302,27 @@ def _main(args: argparse.Namespace) -> int:
         if "error" in result:
             log(f"  failed: {result['error']}")
 
+    ctx = {
+        "folder": folder,
+        "steps": args.steps,
+        "warmup": warmup,
+        "timeout": args.timeout,
+        "openblas": openblas,
+        "cache_dir": cache_dir,
+        "q_group_size": args.q_group_size,
+        "ref_py": ref_py,
+        "mlxa_py": mlxa_py,
+    }
+    for mode in modes if sizes else []:
+        for d in dtypes:
+            for b in sizes:
+                report["batch"].append(run_batch(ctx, d, mode, b, tasks))
+    if args.whole_process:
+        report["whole_process"] = whole_process_runs(ctx, args.compare)
     if hasattr(os, "getloadavg"):
         machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["batch_scaling"] = batch_scaling_report(report["batch"])
+    report["batch_targets"] = batch_targets(report)
     report["ratios"] = ratios(report)
     report["targets"] = targets(report, report["ratios"]) if args.compare else []
 
@@ -823,7 +1332,19 @@ def _main(args: argparse.Namespace) -> int:
         f"{machine.get('mlx_device')}, load average {machine.get('load_avg_start')} -> "
         f"{machine.get('load_avg_end')}"
     )
-    print(table(report))
+    if report["runs"]:
+        print(table(report))
+    if report["batch"]:
+        print("\nbatched throughput (one process per batch size; wall time includes the prefill):")
+        print(batch_table(report))
+    if report["whole_process"]:
+        print("\nwhole process (wall time of the command, start to exit):")
+        print(whole_process_table(report["whole_process"]))
+    if report["batch_targets"]:
+        print("\nissue targets (batched engine):")
+        for t in report["batch_targets"]:
+            mark = {True: "MET", False: "NOT MET", None: "n/a"}[t["met"]]
+            print(f"  [{mark}] {t['target']} ({t['note']})")
     if report["ratios"]:
         print("\nspeed-up of lfm2-mlx (other time / lfm2-mlx time):")
         print(ratio_lines(report["ratios"]))
@@ -850,13 +1371,15 @@ def _main(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
         print(f"\nwrote {args.json}")
-    failed = [r for r in report["runs"] if "error" in r]
+    failed = [r for r in report["runs"] + report["batch"] + report["whole_process"] if "error" in r]
     return 1 if failed else 0
 
 
 def worker_main(job: dict) -> None:
     try:
-        result = convert_worker(job) if job.get("kind") == "convert" else mlx_worker(job)
+        kind = job.get("kind")
+        worker = {"convert": convert_worker, "batch": batch_worker}.get(kind, mlx_worker)
+        result = worker(job)
     except Exception as e:  # noqa: BLE001 - reported to the orchestrator as a failed run, with the cause
         import traceback
 

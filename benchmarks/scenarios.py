@@ -40,12 +40,14 @@ class Scenario:
     # lfm2-mlx only: (text steps, audio steps) of an interleaved run, replacing the config's 6 / 12.
     runs: tuple[int, int] | None = None
     description: str = ""
+    seed: int | None = None  # of the clip; default: from its length
 
     def clip(self) -> np.ndarray | None:
         if not self.clip_seconds:
             return None
         # Seed from the length: each clip is fixed, and different lengths are different audio.
-        return checkpoints.clip(self.clip_seconds, seed=int(self.clip_seconds * 10))
+        seed = self.seed if self.seed is not None else int(self.clip_seconds * 10)
+        return checkpoints.clip(self.clip_seconds, seed=seed)
 
 
 # The issue's anchors were measured on a 5.1 s clip, so the "5 s" workload uses that clip.
@@ -116,6 +118,134 @@ def summarize(
     return out
 
 
+# ---- batched throughput ------------------------------------------------------------------------
+BATCH_SIZES = (1, 2, 4, 8, 16)
+BATCH_TASKS = ("asr", "tts")
+# Short TTS texts, one per row (row i takes text i modulo the list).
+TTS_TEXTS = (
+    "Hello there, how are you today?",
+    "The train leaves at half past nine.",
+    "Please close the window, it is cold.",
+    "I think it will rain this afternoon.",
+    "Thank you for calling, how can I help?",
+    "The meeting has moved to Thursday.",
+    "Turn left at the second traffic light.",
+    "Dinner will be ready in ten minutes.",
+    "My favourite colour has always been green.",
+    "Could you send me the report tonight?",
+    "The library opens at eight tomorrow.",
+    "She planted tomatoes in the garden.",
+    "We are almost out of coffee again.",
+    "The concert starts in one hour.",
+    "Remember to bring your umbrella.",
+    "The museum is free on Sundays.",
+)
+# The README's main job: one 6.8 s clip, transcribed end to end (named so the drivers can run it).
+MAIN_CLIP = Scenario(
+    "main_clip",
+    ASR_PROMPT,
+    "sequential",
+    clip_seconds=6.8,
+    description="ASR of a 6.8 s clip, greedy (the README's main job)",
+)
+
+
+def batch_clip_seconds(i: int) -> float:
+    """Length of batch clip i: spread over 2-3 s (golden-ratio steps), so a batch is ragged."""
+    return round(2.0 + (i * 0.618034) % 1.0, 2)
+
+
+def batch_clip(i: int) -> Scenario:
+    """ASR of batch clip i (named `clip<i>`, so the other implementations' drivers can run the
+    batch clips one at a time as scenarios)."""
+    return Scenario(
+        f"clip{i}",
+        ASR_PROMPT,
+        "sequential",
+        clip_seconds=batch_clip_seconds(i),
+        seed=1000 + i,
+        description=f"ASR of batch clip {i} ({batch_clip_seconds(i)} s), greedy",
+    )
+
+
+def batch_clips(n: int) -> list[np.ndarray]:
+    """The first n batch clips (16 kHz): the scenarios' clip generator, one seed per clip."""
+    return [batch_clip(i).clip() for i in range(n)]
+
+
+def scenario(name: str) -> Scenario:
+    """A fixed scenario by name, or batch clip i as `clip<i>`."""
+    if name.startswith("clip") and name[4:].isdigit():
+        return batch_clip(int(name[4:]))
+    return MAIN_CLIP if name == MAIN_CLIP.name else SCENARIOS[name]
+
+
+def summarize_batch(
+    step_times: list[float],
+    tokens: list[list],
+    *,
+    steps_requested: int,
+    prompt_positions: list[int],
+    audio_in_s: float = 0.0,
+) -> dict:
+    """Timings of one batched run. `step_times[i]`: seconds from the request (raw samples or
+    texts in hand) until batch step i was on the host for every row; `tokens[r]`: what row r
+    generated (an int per text token, a list of codes per audio frame).
+
+    Throughput is counted over the whole wall time (prefill included): `audio_s_per_s` is the
+    seconds of input audio transcribed per wall second, `text_tokens_per_s` and
+    `audio_frames_per_s` every row's tokens / frames per wall second. `decode_step_s` is the mean
+    gap between batch steps (the prefill excluded): the cost of one step for all B rows."""
+    b, n = len(tokens), len(step_times)
+    text = sum(1 for row in tokens for t in row if not isinstance(t, list))
+    frames = sum(1 for row in tokens for t in row if isinstance(t, list))
+    total = step_times[-1] if n else None
+    gaps = [step_times[i] - step_times[i - 1] for i in range(1, n)]
+    step = sum(gaps) / len(gaps) if gaps else None
+
+    def per_s(x: float) -> float | None:
+        return x / total if total and x else None
+
+    return {
+        "batch": b,
+        "steps_requested": steps_requested,
+        "steps": n,
+        "prompt_positions": prompt_positions,
+        "first_step_s": step_times[0] if n else None,
+        "total_s": total,
+        "decode_step_s": step,
+        "decode_step_per_row_s": step / b if step and b else None,
+        "text_tokens": text,
+        "audio_frames": frames,
+        "audio_in_s": audio_in_s,
+        "audio_out_s": frames * FRAME_SECONDS,
+        "audio_s_per_s": per_s(audio_in_s),
+        "text_tokens_per_s": per_s(text),
+        "audio_frames_per_s": per_s(frames),
+        "audio_out_s_per_s": per_s(frames * FRAME_SECONDS),
+        "step_times_s": [round(t, 6) for t in step_times],
+        "tokens": tokens,
+    }
+
+
+def batch_scaling(runs: list[dict], task: str) -> dict[int, dict]:
+    """Per batch size, how a batched run of `task` compares with the B = 1 run: `step_vs_b1` is
+    the batch step's time over the B = 1 step (1.0: B rows for the price of one), `speedup_vs_b1`
+    the throughput gain (B = 1 wall time per row over this wall time per row). Runs are the
+    workers' results (`batch` and `tasks`); missing or failed ones are left out."""
+    by_b = {r["batch"]: r["tasks"][task] for r in runs if task in r.get("tasks", {})}
+    one = by_b.get(1)
+    out = {}
+    for b, t in sorted(by_b.items()):
+        entry: dict = {"decode_step_s": t["decode_step_s"], "total_s": t["total_s"]}
+        if one and one["decode_step_s"] and t["decode_step_s"]:
+            entry["step_vs_b1"] = t["decode_step_s"] / one["decode_step_s"]
+        if one and one["total_s"] and t["total_s"]:
+            entry["speedup_vs_b1"] = b * one["total_s"] / t["total_s"]
+        out[b] = entry
+    return out
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -148,7 +278,7 @@ def run_all(once, names: list[str], steps: int) -> dict:
     """Run each named scenario with `once(scenario, steps)`, reporting progress."""
     results = {}
     for name in names:
-        results[name] = once(SCENARIOS[name], steps)
+        results[name] = once(scenario(name), steps)
         progress(name, results[name])
     return results
 
