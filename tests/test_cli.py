@@ -135,6 +135,7 @@ def check_contract(obj, tokenizer, codebooks=8):
     tm = obj["timings"]
     assert tm["load_s"] >= 0 and tm["total_s"] > 0 and tm["first_token_s"] > 0
     assert tm["steps"] == len(obj["tokens"])
+    assert tm["peak_memory_mb"] > 0
 
 
 def audio_frames(tokens):

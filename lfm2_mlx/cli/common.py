@@ -259,4 +259,7 @@ def timings(
     }
     if first_audio is not None:
         t["first_audio_s"] = round(first_audio, 4)
+    import mlx.core as mx  # loaded with the model already
+
+    t["peak_memory_mb"] = round(mx.get_peak_memory() / 2**20, 1)  # MLX's own buffers, this process
     return t
