@@ -271,7 +271,16 @@ class BatchGenerator:
             groups.append(([r], cache, h))
         fresh = [r for r in rows if r.req.prompt_cache is None]
         if fresh:
-            emb, pads = batch.left_pad([model.embed_chat(r.req.chat) for r in fresh])
+            # Every clip of every joining row goes through the encoder in one padded pass.
+            mels = [m for r in fresh for m in r.req.chat.audio_in]
+            enc = model.encode_clips(mels) if mels else []
+            ends = np.cumsum([len(r.req.chat.audio_in) for r in fresh])
+            emb, pads = batch.left_pad(
+                [
+                    model.embed_chat(r.req.chat, encoded=enc[e - len(r.req.chat.audio_in) : e])
+                    for r, e in zip(fresh, ends)
+                ]
+            )
             cache = batch.batch_cache(model, pads)
             groups.append((fresh, cache, prefill(model, emb, cache, self.chunk)))
         for group, cache, h in groups:

@@ -259,3 +259,14 @@ def test_requests_are_checked_and_empty_requests_end_at_once(load_model):
     assert [(o.uid, o.done, o.steps) for o in first if o.uid == uids[0]] == [(uids[0], True, [])]
     outs = drain(engine, {uids[1]: [s.value for o in first if o.uid == uids[1] for s in o.steps]})
     assert outs[uids[1]] == expected("core_asr")[0]["tokens"][:2] and not engine
+
+
+def test_joining_rows_clips_are_encoded_in_one_padded_pass(load_model, monkeypatch):
+    m = load_model("core_chat")
+    rows = golden_rows(m, "core_chat")  # clips of different lengths in 3 of the 4 rows
+    want = [alone(m, r) for r in rows]
+    passes = []
+    real = m.model.encode_audio
+    monkeypatch.setattr(m.model, "encode_audio", lambda mels: passes.append(len(mels)) or real(mels))
+    assert generate_batch_tokens(m.model, rows) == want
+    assert passes == [sum(len(r.chat.audio_in) for r in rows)]

@@ -145,6 +145,12 @@ class Model(nn.Module):
         return self.lfm.embed_tokens.weight.dtype
 
     # ---- inputs --------------------------------------------------------------------------
+    def encode_clips(self, mels: Sequence[np.ndarray]) -> list[mx.array]:
+        """`encode_audio` of many clips in one padded pass, split back per clip."""
+        enc = self.encode_audio(mels)
+        ends = np.cumsum([mel_frames_to_positions(len(m)) for m in mels])
+        return [enc[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+
     def encode_audio(self, mels: Sequence[np.ndarray]) -> mx.array:
         """Mel clips, each (T_i, n_mels), encoded as one padded batch with lengths (never
         concatenated) -> (sum_i ceil(T_i / 8), hidden) adapter outputs in clip order."""
@@ -165,9 +171,12 @@ class Model(nn.Module):
         """Text token ids (...) -> (..., hidden) backbone inputs."""
         return self.lfm.embed_tokens(ids)
 
-    def embed_chat(self, chat: ChatState, start: int = 0) -> mx.array:
+    def embed_chat(
+        self, chat: ChatState, start: int = 0, encoded: Sequence[mx.array] | None = None
+    ) -> mx.array:
         """The backbone input for a conversation from position `start` on: (1, L - start, hidden)
-        in the model's dtype. Only the clips that reach past `start` are encoded."""
+        in the model's dtype. Only the clips that reach past `start` are encoded, unless
+        `encoded` gives every clip's `encode_audio` output already (one pass for many chats)."""
         flags = np.asarray(chat.modality)
         parts, order = [], []
         pos = np.flatnonzero(flags == Modality.TEXT)
@@ -184,7 +193,10 @@ class Model(nn.Module):
         ends = np.cumsum(sizes)
         clips = [i for i, e in enumerate(ends) if e > 0 and pos[e - 1] >= start]
         if clips:
-            enc = self.encode_audio([chat.audio_in[i] for i in clips])
+            if encoded is None:
+                enc = self.encode_audio([chat.audio_in[i] for i in clips])
+            else:
+                enc = mx.concatenate([encoded[i] for i in clips], axis=0)
             mine = np.concatenate([pos[ends[i] - sizes[i] : ends[i]] for i in clips])
             keep = mine >= start
             parts.append(enc[mx.array(np.flatnonzero(keep))] if not keep.all() else enc)
