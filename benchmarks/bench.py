@@ -16,6 +16,7 @@ import argparse
 import ctypes.util
 import dataclasses
 import gc
+import importlib
 import json
 import os
 import platform
@@ -30,6 +31,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+# lfm2_mlx before anything that imports MLX (scenarios -> tests/checkpoints): on Linux it loads
+# OpenBLAS first, so a worker run with no LD_PRELOAD has the BLAS a user's process gets.
+# (LFM2_AUDIO_OPENBLAS=0 still turns it off: --blas bundled.)
+importlib.import_module("lfm2_mlx")
 import bench_checkpoint as bc
 import scenarios as sc
 
@@ -88,10 +93,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--whole-process",
-        action="store_true",
+        nargs="?",
+        const="1,8",
+        default=None,
+        metavar="JOBS",
         help="time the README's main job end to end: `lfm2-audio transcribe` of a 6.8 s clip, "
         "--steps steps, with today's defaults and with the old ones (bundled BLAS, bfloat16); "
-        "with --compare also 8 clips batched against liquid-audio and mlx-audio one at a time",
+        "with --compare also 8 clips batched against liquid-audio and mlx-audio one at a time. "
+        "JOBS: 1 (the one-clip rows), 8 (the 8-clip rows) or 1,8 (default)",
     )
     p.add_argument(
         "--blas",
@@ -959,13 +968,13 @@ def timed_process(cmd: list[str], env: dict, timeout: float) -> dict:
         return {"error": f"timed out after {timeout:.0f} s"}
     result: dict[str, Any] = {"wall_s": wall, "exit_code": proc.returncode, "peak_rss_bytes": hwm[0] or None}
     result["stdout_tail"] = stdout[-100_000:]
-    result["notes"] = [x for x in stderr.splitlines() if x.startswith("note:")][:5]
+    result["notes"] = [x for x in stderr.splitlines() if "note:" in x][:5]
     if proc.returncode != 0:
         result["error"] = f"exit code {proc.returncode}: " + " | ".join(stderr.strip().splitlines()[-3:])
     return result
 
 
-def whole_process_runs(ctx: dict, compare: bool) -> list[dict]:
+def whole_process_runs(ctx: dict, compare: bool, which: list[str]) -> list[dict]:
     """The README's main job as a user runs it: `lfm2-audio transcribe CLIP -m FOLDER` with no
     flags or env vars (only --max-new-tokens, since random weights never stop), and the same
     with the old defaults (MLX's bundled BLAS, bfloat16). With `compare`: liquid-audio and
@@ -1043,6 +1052,7 @@ def whole_process_runs(ctx: dict, compare: bool) -> list[dict]:
                 jobs.append(
                     ({"job": job, "impl": impl, "how": how}, [str(py), str(driver), json.dumps(spec)], env)
                 )
+    jobs = [j for j in jobs if j[0]["job"].split()[0] in which]
     jobs.sort(key=lambda j: j[0]["job"])  # stable: the one-clip rows, then the batch rows
     out = []
     for i, (head, cmd, env) in enumerate(jobs, 1):
@@ -1198,6 +1208,7 @@ def _main(args: argparse.Namespace) -> int:
     )
     sizes = parse_sizes(args.batch_sizes) if args.batch_sizes.strip() else []
     tasks = parse_list(args.batch_tasks, sc.BATCH_TASKS, "batch-tasks")
+    wp_jobs = parse_list(args.whole_process, ("1", "8"), "whole-process") if args.whole_process else []
     compare_dtypes = parse_list(args.compare_dtypes, ("float32", "bfloat16"), "compare-dtypes")
     if args.steps < 1:
         raise BenchError("--steps must be at least 1")
@@ -1318,13 +1329,13 @@ def _main(args: argparse.Namespace) -> int:
             for b in sizes:
                 report["batch"].append(run_batch(ctx, d, mode, b, tasks))
     if args.whole_process:
-        report["whole_process"] = whole_process_runs(ctx, args.compare)
+        report["whole_process"] = whole_process_runs(ctx, args.compare, wp_jobs)
     if hasattr(os, "getloadavg"):
         machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     report["batch_scaling"] = batch_scaling_report(report["batch"])
     report["batch_targets"] = batch_targets(report)
     report["ratios"] = ratios(report)
-    report["targets"] = targets(report, report["ratios"]) if args.compare else []
+    report["targets"] = targets(report, report["ratios"]) if args.compare and comparable else []
 
     print(
         f"\nLFM2-Audio benchmark: checkpoint {ckpt['preset'] or ckpt['path']}, {args.steps} steps, "
