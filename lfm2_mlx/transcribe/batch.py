@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -15,8 +14,8 @@ from ..audio_io import SAMPLE_RATE_IN as SAMPLE_RATE
 from ..audio_io import AudioInput, open_audio
 from ..errors import LFM2AudioError
 from ..generate import Request, generate_batch
-from ..recipes import ASR_BATCH_SIZE, ASR_PROMPT, CHUNK_LENGTH_S, MAX_NEW_TOKENS, OVERLAP_S
-from .driver import FileStitch, Segment, window_segment
+from ..recipes import ASR_BATCH_SIZE, CHUNK_LENGTH_S, OVERLAP_S
+from .driver import FileStitch, ModelTranscriber, Segment, window_segment
 from .windows import plan, windows
 
 # Windows -> per window, in order: (text, steps, seconds to the first step, seconds of generation),
@@ -26,23 +25,11 @@ BatchTranscriber = Callable[
 ]
 
 
-class ModelBatchTranscriber:
-    """A `BatchTranscriber` from a loaded model: one ASR row per window, all in one batch."""
+class ModelBatchTranscriber(ModelTranscriber):
+    """A `BatchTranscriber` from a loaded model (the settings of `ModelTranscriber`): one ASR row
+    per window, all in one batch."""
 
-    def __init__(
-        self,
-        model: Any,
-        *,
-        system: str | None = None,
-        max_new_tokens: int = MAX_NEW_TOKENS["asr"],
-        **sampling: Any,
-    ):
-        self.model = model
-        self.system = ASR_PROMPT if system is None else system
-        self.max_new_tokens = max_new_tokens
-        self.sampling = sampling
-
-    def __call__(self, waves: list[np.ndarray]) -> list:
+    def __call__(self, waves: list[np.ndarray]) -> list:  # type: ignore[override]
         m = self.model
         t0 = time.perf_counter()
         out: list = [None] * len(waves)
