@@ -29,7 +29,12 @@ def device_name() -> str:
         name = mx.device_info().get("device_name") or mx.device_info().get("architecture")
     except (AttributeError, RuntimeError):
         name = None
-    backend = "Metal" if mx.metal.is_available() else "CUDA" if mx.cuda.is_available() else "GPU"
+
+    def available(name: str) -> bool:  # mx.cuda / mx.metal exist only in some MLX builds
+        module = getattr(mx, name, None)
+        return bool(module is not None and module.is_available())
+
+    backend = "Metal" if available("metal") else "CUDA" if available("cuda") else "GPU"
     return f"{backend} GPU" + (f" ({name})" if name else "")
 
 
