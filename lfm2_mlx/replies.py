@@ -10,6 +10,7 @@ import numpy as np
 
 from .audio_io import SAMPLE_RATE_OUT
 from .chat import Modality
+from .errors import InputError
 from .generate import BatchGenerator, GenerationStep, Request
 from .text import TextStream
 
@@ -75,6 +76,8 @@ def stream_rows(
     """Run `requests` through the batched engine, at most `batch_size` rows at once (a row that
     ends makes room for the next), and yield (request index, chunk) in request order: the first
     unfinished row streams live, later rows' chunks wait until the rows before them ended."""
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
     engine = BatchGenerator(model)
     queue = list(range(len(requests)))
     row_of: dict[int, int] = {}

@@ -109,6 +109,11 @@ def test_no_audio_is_an_error_not_an_empty_wave(tts):
         tts.speak(TTS_TEXT, max_new_tokens=1)
     with pytest.raises(InputError, match="empty"):
         tts.speak("   ")
+    for bad in (0, -1):
+        with pytest.raises(InputError, match="batch size"):
+            tts.speak(TTS_TEXT, batch_size=bad)
+        with pytest.raises(InputError, match="batch size"):
+            list(tts.transcribe_many([(clip(1.0, seed=1), 16000)], batch_size=bad))
 
 
 # ---- prompts and languages -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..audio_io import SAMPLE_RATE_IN as SAMPLE_RATE
 from ..audio_io import AudioInput, open_audio
-from ..errors import LFM2AudioError
+from ..errors import InputError, LFM2AudioError
 from ..generate import Request, generate_batch
 from ..recipes import ASR_BATCH_SIZE, CHUNK_LENGTH_S, OVERLAP_S
 from .driver import FileStitch, ModelTranscriber, Segment, window_segment
@@ -69,7 +69,7 @@ def transcribe_many(
     files go on. At most `batch_size` windows are held at once (bounded memory)."""
     plan(chunk_length, overlap)
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
 
     def events():
         """(index, window or None at the file's end, error or None), in order."""
