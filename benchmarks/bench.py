@@ -13,7 +13,6 @@ benchmarks/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
-import ctypes.util
 import dataclasses
 import gc
 import importlib
@@ -42,11 +41,6 @@ DEFAULT_DTYPES = "bfloat16,float32,8bit,4bit"
 DEFAULT_SCENARIOS = ",".join(sc.SCENARIOS)
 FLOAT_DTYPES = ("bfloat16", "float16", "float32")
 QUANT_RE = re.compile(r"(4|8)bit(?:-(bfloat16|float16|float32))?$")
-OPENBLAS_CANDIDATES = (
-    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
-    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
-    "/usr/lib64/libopenblas.so.0",
-)
 REFERENCE_PYTHON = Path.home() / ".cache" / "lfm2-reference" / "venv" / "bin" / "python"
 MLX_AUDIO_VENV = Path.home() / ".cache" / "lfm2-mlx" / "mlx-audio-venv"
 MLX_AUDIO_VERSION = "0.6.2"
@@ -229,14 +223,8 @@ def find_openblas(explicit: Path | None) -> str | None:
         if not explicit.is_file():
             raise BenchError(f"--openblas {explicit}: no such file")
         return str(explicit)
-    for c in OPENBLAS_CANDIDATES:
-        if Path(c).is_file():
-            return c
-    found = ctypes.util.find_library("openblas")
-    if found and Path(found).is_absolute():
-        return found
-    # What lfm2_mlx loads by itself when none is installed system-wide (the ngsolve-openblas
-    # wheel through a folder of links; lfm2_mlx/blas.py).
+    # What lfm2_mlx itself loads: LFM2_AUDIO_OPENBLAS, the system's, else the ngsolve-openblas
+    # wheel through a folder of links (lfm2_mlx/blas.py).
     from lfm2_mlx import blas
 
     return blas.find()

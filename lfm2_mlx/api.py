@@ -22,7 +22,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from .audio_io import SAMPLE_RATE_IN, SAMPLE_RATE_OUT, AudioInput, AudioSource, open_audio, read_audio
+from .audio_io import SAMPLE_RATE_IN, AudioInput, AudioSource, open_audio, read_audio
 from .chat import AUDIO_EOS, ChatState, Tokenizer
 from .device import compute_dtype
 from .errors import CheckpointError, InputError, LFM2AudioError, NoAudioError
@@ -57,8 +57,6 @@ from .transcribe import (
 )
 from .transcribe.driver import peak
 from .weights import stored_float_dtype
-
-SAMPLE_RATE = SAMPLE_RATE_OUT  # of every audio the API returns
 
 
 class LFM2Audio:

@@ -28,9 +28,10 @@ import sys
 from pathlib import Path
 
 ENV = "LFM2_AUDIO_OPENBLAS"
-_DEBIAN = (
+_SYSTEM = (  # Debian/Ubuntu libopenblas0-pthread, Fedora openblas
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
     "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
 )
 
 # What preload() did: {"library": path or None, "source": ..., "reason": why not, if not}.
@@ -90,15 +91,20 @@ def _wheel_openblas() -> Path | None:
     return folder / "libopenblas.so"
 
 
+_OFF = ("0", "off", "no", "false")
+
+
 def _candidates():
     choice = os.environ.get(ENV, "").strip()
+    if choice.lower() in _OFF:
+        return
     if choice:
         yield choice, ENV
         return
     found = ctypes.util.find_library("openblas")
     if found:
         yield found, "system"
-    for path in _DEBIAN:
+    for path in _SYSTEM:
         if os.path.exists(path):
             yield path, "system"
     try:
@@ -123,7 +129,7 @@ def preload() -> dict:
     if not sys.platform.startswith("linux"):
         state["reason"] = "not Linux (MLX uses Accelerate / Metal)"
         return state
-    if os.environ.get(ENV, "").strip().lower() in ("0", "off", "no", "false"):
+    if os.environ.get(ENV, "").strip().lower() in _OFF:
         state["reason"] = f"turned off by {ENV}"
         return state
     if "mlx.core" in sys.modules:

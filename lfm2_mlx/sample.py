@@ -28,17 +28,6 @@ def filter_logits(logits: mx.array, temperature: float, top_k: int | None) -> mx
     return logits
 
 
-def make_sampler(temperature: float | None = None, top_k: int | None = None) -> Sampler:
-    """A function (..., V) logits -> (...) uint32 token ids, following the reference's rules.
-
-    `top_k` of None or 0 means no top-k filtering. Randomness comes from MLX's global generator,
-    so `mx.random.seed(n)` makes sampling reproducible."""
-    top_k = top_k or None
-    if is_greedy(temperature, top_k):
-        return lambda logits: mx.argmax(logits, axis=-1)
-    return lambda logits: mx.random.categorical(filter_logits(logits, temperature, top_k), axis=-1)
-
-
 # A normalised sampling setting: None for greedy, else (temperature, top_k with 0 for none).
 Setting = tuple[float, int] | None
 

@@ -162,11 +162,16 @@ def test_sampling_rules_match_reference_distribution():
 
 @pytest.mark.parametrize("temp,top_k", [(None, None), (0.0, 50), (-1.0, None), (0.9, 1)])
 def test_greedy_rules(temp, top_k):
-    from lfm2_mlx.sample import make_sampler
+    from lfm2_mlx.sample import RowSampler, row_key, setting
 
     logits = mx.array(np.random.default_rng(0).standard_normal((3, 2049)).astype(np.float32))
-    mx.random.seed(1)
-    assert make_sampler(temp, top_k)(logits).tolist() == np.argmax(np.array(logits), -1).tolist()
+    assert setting(temp, top_k) is None
+    # A greedy row next to a sampled one: still the argmax, and its key is not advanced.
+    keys = mx.stack([row_key(1)] * 3)
+    sampler = RowSampler((None, (1.0, 0)), mx.array([0, 0, 1], dtype=mx.int32), keys)
+    ids = sampler(logits).tolist()
+    assert ids[:2] == np.argmax(np.array(logits), -1).tolist()[:2]
+    assert sampler.keys[:2].tolist() == keys[:2].tolist() and sampler.keys[2].tolist() != keys[2].tolist()
 
 
 def test_seeded_sampling_is_reproducible_and_respects_top_k(load_model):
