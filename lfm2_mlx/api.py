@@ -2,7 +2,7 @@
 
     import lfm2_mlx
     model = lfm2_mlx.load("LiquidAI/LFM2.5-Audio-1.5B")
-    text = model.transcribe("meeting.wav")                    # any length
+    text = model.transcribe("meeting.wav")                    # any length; text.segments
     wave = model.speak("Hello!", voice="UK female")           # float32, 24 kHz; long text is split
     session = model.chat()
     reply = session.send(audio="question.wav")                # reply.text, reply.audio
@@ -22,7 +22,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from .audio_io import SAMPLE_RATE_IN, AudioInput, AudioSource, open_audio, read_audio
+from .audio_io import AudioInput, read_audio
 from .chat import AUDIO_EOS, ChatState, Tokenizer
 from .device import compute_dtype
 from .errors import CheckpointError, InputError, LFM2AudioError, NoAudioError
@@ -47,15 +47,7 @@ from .recipes import (
 from .replies import Chunker, Reply, ReplyChunk, stream_rows
 from .session import ChatSession, check_turn_seconds
 from .text import split_sentences
-from .transcribe import (
-    ModelBatchTranscriber,
-    ModelTranscriber,
-    Segment,
-    check_not_silent,
-    transcribe_iter,
-    transcribe_many,
-)
-from .transcribe.driver import peak
+from .transcribe import ModelBatchTranscriber, Segment, Transcript, transcribe_many
 from .weights import stored_float_dtype
 
 
@@ -213,75 +205,75 @@ class LFM2Audio:
         *,
         language: str | None = None,
         system: str | None = None,
+        segmentation: str = "vad",
         chunk_length: float = CHUNK_LENGTH_S,
         overlap: float = OVERLAP_S,
         max_new_tokens: int = MAX_NEW_TOKENS["asr"],
         **sampling: Any,
-    ) -> tuple[dict, dict]:
-        """The transcription keywords resolved: (window transcriber keywords, with the prompt from
-        `language` unless `system` is given; the window plan)."""
-        prompt = system if system is not None else self.asr_prompt(language)
+    ) -> tuple[str, dict, dict]:
+        """The transcription keywords resolved: (language, transcriber keywords with the prompt
+        from `language` unless `system` is given, the engine's cutting keywords)."""
+        language = self.check_language(language)
+        prompt = system if system is not None else asr_prompt(language)
         job = {"system": prompt, "max_new_tokens": max_new_tokens, **sampling}
-        return job, {"chunk_length": chunk_length, "overlap": overlap}
-
-    def _asr(
-        self, audio: AudioInput, *, sample_rate: int | None = None, **kwargs: Any
-    ) -> tuple[AudioSource, ModelTranscriber, dict]:
-        job, plan = self._asr_settings(**kwargs)
-        return open_audio(audio, sample_rate), ModelTranscriber(self, **job), plan
-
-    def transcribe_segments(self, audio: AudioInput, **kwargs: Any) -> Iterator[Segment]:
-        """Speech to text for a recording of any length, window by window (`lfm2_mlx.transcribe`):
-        yields each window's `Segment` once its text is final. A recording no longer than
-        `chunk_length` (30 s) is one window; windows overlap by `overlap` (5 s). Silent
-        recordings raise `SilentAudioError`.
-
-        Keywords: `sample_rate` (for a bare array), `language` ("en", or "ja" on a Japanese
-        checkpoint; default: the checkpoint's), `system` (replaces the language's prompt),
-        `chunk_length`, `overlap`, `max_new_tokens` (per window, 512) and the sampling keywords
-        of `lfm2_mlx.generate.generate` (greedy unless they say otherwise)."""
-        src, fn, plan = self._asr(audio, **kwargs)
-        yield from transcribe_iter(src, fn, **plan)
-
-    def transcribe_stream(self, audio: AudioInput, **kwargs: Any) -> Iterator[str]:
-        """Speech to text, yielding text as it becomes final: token by token for a recording
-        that fits one window, window by window for longer ones (keywords: `transcribe_segments`)."""
-        src, fn, plan = self._asr(audio, **kwargs)
-        if src.duration > plan["chunk_length"]:
-            for seg in transcribe_iter(src, fn, **plan):
-                if seg.new_text:
-                    yield seg.new_text
-            return
-        # One window: its text is final as it is generated, so it streams token by token.
-        wave = np.concatenate(list(src.blocks(SAMPLE_RATE_IN)))
-        check_not_silent(peak(wave), src.name)
-        yield from fn.stream(wave)
+        return language, job, {"segmentation": segmentation, "chunk_length": chunk_length, "overlap": overlap}
 
     def transcribe_many(
-        self, audios: Sequence[AudioInput], *, batch_size: int = ASR_BATCH_SIZE, **kwargs: Any
-    ) -> Iterator[tuple[int, Segment | LFM2AudioError]]:
-        """Several recordings, their windows decoded `batch_size` at a time by the batched engine
-        (`lfm2_mlx.transcribe.batch`); greedy text equals transcribing each alone. Yields
-        (input index, `Segment`) in input order, or (input index, error) for an input that cannot
-        be read or is silent, the others going on. Keywords as `transcribe_segments`
-        (`sample_rate` applies to every bare array)."""
-        sample_rate = kwargs.pop("sample_rate", None)
-        job, plan = self._asr_settings(**kwargs)
-        srcs = [(a, sample_rate) if isinstance(a, np.ndarray) and sample_rate else a for a in audios]
-        yield from transcribe_many(srcs, ModelBatchTranscriber(self, **job), batch_size=batch_size, **plan)
+        self,
+        audios: Sequence[AudioInput],
+        *,
+        batch_size: int = ASR_BATCH_SIZE,
+        sample_rate: int | None = None,
+        **kwargs: Any,
+    ) -> Iterator[tuple[int, Segment | Transcript | LFM2AudioError]]:
+        """Speech to text for several recordings of any length, their pieces decoded
+        `batch_size` at a time by the batched engine (`lfm2_mlx.transcribe`). Yields, in input
+        order, (input index, `Segment`) as each piece is final, then (input index, `Transcript`)
+        when a recording is complete, or (input index, error) for one that cannot be read or is
+        silent, the others going on. Greedy text does not depend on `batch_size`.
 
-    def transcribe(self, audio: AudioInput | list[AudioInput], **kwargs: Any) -> str | list[str]:
-        """Speech to text for a recording of any length (keywords: `transcribe_segments`), or
-        for a list of recordings (a list of texts, in order; windows batched as
-        `transcribe_many` does, `batch_size` keyword; the first unusable input raises)."""
-        if not isinstance(audio, list):
-            return "".join(self.transcribe_stream(audio, **kwargs)).strip()
-        texts = [""] * len(audio)
-        for i, seg in self.transcribe_many(audio, **kwargs):
-            if isinstance(seg, LFM2AudioError):
-                raise seg
-            texts[i] += seg.new_text
-        return [t.strip() for t in texts]
+        Keywords: `sample_rate` (for bare arrays), `language` ("en", or "ja" on a Japanese
+        checkpoint; default: the checkpoint's), `system` (replaces the language's prompt),
+        `segmentation` ("vad": speech segments, the default; "windows": overlapping windows
+        stitched on their common words), `chunk_length` (longest piece, 30 s), `overlap`
+        (windows only, 5 s), `max_new_tokens` (per piece, 512) and the sampling keywords of
+        `lfm2_mlx.generate.generate` (greedy unless they say otherwise)."""
+        language, job, plan = self._asr_settings(**kwargs)
+        srcs = [(a, sample_rate) if isinstance(a, np.ndarray) and sample_rate else a for a in audios]
+        fn = ModelBatchTranscriber(self, **job)
+        for i, event in transcribe_many(srcs, fn, batch_size=batch_size, **plan):
+            if isinstance(event, Transcript):
+                event.language = language
+            yield i, event
+
+    def transcribe_stream(self, audio: AudioInput, **kwargs: Any) -> Iterator[Segment]:
+        """Speech to text for one recording of any length, yielding each `Segment` (start, end,
+        text; `new_text` is what it adds to the whole text) as soon as it is final. Silent
+        recordings raise `SilentAudioError`. Keywords: `transcribe_many`."""
+        for _, event in self.transcribe_many([audio], **kwargs):
+            if isinstance(event, LFM2AudioError):
+                raise event
+            if isinstance(event, Segment):
+                yield event
+
+    transcribe_segments = transcribe_stream  # its name before transcripts had segments
+
+    def transcribe(
+        self, audio: AudioInput | list[AudioInput], **kwargs: Any
+    ) -> Transcript | list[Transcript]:
+        """Speech to text for a recording of any length: a `Transcript`, the text (a `str`)
+        with its `segments`, `duration` and `language` (`to_dict()` for JSON; the writers in
+        `lfm2_mlx.transcribe.writers` make txt/srt/vtt/tsv/json files of it). For a list of
+        recordings, a list of them, in order (the first unusable input raises). Keywords:
+        `transcribe_many`."""
+        items = audio if isinstance(audio, list) else [audio]
+        out: list[Transcript | None] = [None] * len(items)
+        for i, event in self.transcribe_many(items, **kwargs):
+            if isinstance(event, LFM2AudioError):
+                raise event
+            if isinstance(event, Transcript):
+                out[i] = event
+        return out if isinstance(audio, list) else out[0]  # type: ignore[return-value]
 
     # ---- text to speech --------------------------------------------------------------------
     def speak_chunks(

