@@ -214,6 +214,25 @@ def vowel_clip(seconds: float, seed: int, rate: int = SAMPLE_RATE_IN) -> np.ndar
     return (0.3 * out / np.abs(out).max() + 0.002 * rng.standard_normal(n)).astype(np.float32)
 
 
+def talk(*parts):
+    """16 kHz audio from (kind, seconds) parts: "speech" (formant syllables a VAD takes for
+    speech) or "pause" (faint noise); returns (samples, [(start, end) of each speech part])."""
+    out, spans, t = [], [], 0
+    rng = np.random.default_rng(0)
+    for k, (kind, seconds) in enumerate(parts):
+        n = int(seconds * 16000)
+        x = (
+            vowel_clip(seconds, seed=k)
+            if kind == "speech"
+            else (3e-4 * rng.standard_normal(n)).astype(np.float32)
+        )
+        if kind == "speech":
+            spans.append((t, t + n))
+        out.append(x)
+        t += n
+    return np.concatenate(out), spans
+
+
 # ---- a stand-in for the sounddevice module ------------------------------------------------
 class FakeSounddevice:
     """Just enough of sounddevice: devices that refuse some rates, streams whose callbacks the

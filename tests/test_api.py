@@ -12,12 +12,11 @@ import checkpoints
 import numpy as np
 import pytest
 import soundfile as sf
-from audio_doubles import vowel_clip
+from audio_doubles import talk, vowel_clip
 from checkpoints import clip
 
 import lfm2_mlx
 from lfm2_mlx.audio_io import AudioWriter, check_audio_output, open_audio, read_audio
-from lfm2_mlx.generate import generate_tokens
 from lfm2_mlx.errors import (
     AudioError,
     HistoryError,
@@ -26,6 +25,7 @@ from lfm2_mlx.errors import (
     OutputError,
     SilentAudioError,
 )
+from lfm2_mlx.generate import generate_tokens
 from lfm2_mlx.recipes import card_languages
 from lfm2_mlx.transcribe import transcribe
 
@@ -53,21 +53,6 @@ def linked_copy(src, dst, readme=None):
 
 
 # ---- transcription -------------------------------------------------------------------------------
-def talk(*parts):
-    """16 kHz audio from (kind, seconds) parts: "speech" (formant syllables a VAD takes for
-    speech) or "pause" (faint noise); returns (samples, [(start, end) of each speech part])."""
-    out, spans, t = [], [], 0
-    rng = np.random.default_rng(0)
-    for k, (kind, seconds) in enumerate(parts):
-        n = int(seconds * 16000)
-        x = vowel_clip(seconds, seed=k) if kind == "speech" else (3e-4 * rng.standard_normal(n)).astype(np.float32)
-        if kind == "speech":
-            spans.append((t, t + n))
-        out.append(x)
-        t += n
-    return np.concatenate(out), spans
-
-
 def test_transcribe_gives_speech_segments_each_one_ordinary_asr_turn(load_model):
     m = load_model("core_asr")
     x, spans = talk(("pause", 0.6), ("speech", 2.0), ("pause", 1.5), ("speech", 1.4), ("pause", 0.8))
@@ -314,7 +299,6 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
 @pytest.mark.parametrize("segmentation", ["vad", "windows"])
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 def test_batched_transcription_equals_one_file_at_a_time(load_model, tmp_path, batch_size, segmentation):
-    from lfm2_mlx.errors import LFM2AudioError
     from lfm2_mlx.transcribe import Segment, Transcript
 
     m = load_model("core_asr")

@@ -29,8 +29,10 @@ pytest.importorskip("python_multipart")
 httpx = pytest.importorskip("httpx")
 import checkpoints
 import soundfile as sf
+from audio_doubles import talk
 
 from lfm2_mlx.chat import TEXT_END
+from lfm2_mlx.transcribe.writers import render
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "test-key-123"
@@ -139,6 +141,12 @@ def mute_server(tmp_path_factory):
     s = start(tmp_path_factory, "mute", "--max-tokens", "1")
     yield s
     finish(s)
+
+
+def wav_of(wave, rate: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
 
 
 def wav_bytes(seconds: float = 1.0, seed: int = 1, rate: int = 16000) -> bytes:
@@ -282,48 +290,63 @@ def test_transcription_formats_agree_with_the_library(tts_server):
     import lfm2_mlx
 
     url = f"{tts_server.url}/v1/audio/transcriptions"
-    files = {"file": ("clip.wav", wav_bytes(1.0, 1), "audio/wav")}
+    wave, _ = talk(("pause", 0.4), ("speech", 1.2), ("pause", 0.9), ("speech", 1.0), ("pause", 0.4))
+    data = wav_of(wave)
+    files = {"file": ("talk.wav", data, "audio/wav")}
     j = httpx.post(url, files=files, data={"model": "whatever"}, headers=AUTH, timeout=T)
     assert j.status_code == 200, j.text
     text = j.json()["text"]
     # Same greedy decoding as the Python API, capped by the server's --max-tokens 22.
     m = lfm2_mlx.load(tts_server.checkpoint)
-    assert text == m.transcribe(wav_bytes(1.0, 1), max_new_tokens=22)
-    assert text
+    want = m.transcribe(data, max_new_tokens=22)
+    assert text == want and text and len(want.segments) == 2
 
     t = httpx.post(url, files=files, data={"response_format": "text"}, headers=AUTH, timeout=T)
     assert t.status_code == 200 and t.headers["content-type"].startswith("text/plain") and t.text == text
-    v = httpx.post(url, files=files, data={"response_format": "verbose_json"}, headers=AUTH, timeout=T).json()
-    assert v["text"] == text and v["duration"] == pytest.approx(1.0)
-    assert v["segments"][0]["end"] == pytest.approx(1.0) and len(v["segments"][0]["tokens"]) <= 22
+    form = {"response_format": "verbose_json", "timestamp_granularities[]": "segment"}
+    v = httpx.post(url, files=files, data=form, headers=AUTH, timeout=T).json()
+    assert v["text"] == text and v["duration"] == pytest.approx(len(wave) / 16000) and v["language"] == "en"
+    assert [(s["start"], s["end"], s["text"]) for s in v["segments"]] == [
+        (s["start"], s["end"], s["text"]) for s in want.to_dict()["segments"]
+    ]
+    assert all(0 < len(s["tokens"]) <= 22 for s in v["segments"])
+    for fmt, head in (("srt", "1\n00:00:00,"), ("vtt", "WEBVTT\n\n00:00.")):
+        r = httpx.post(url, files=files, data={"response_format": fmt}, headers=AUTH, timeout=T)
+        assert r.status_code == 200 and r.text.startswith(head), r.text
+        assert r.text == render(want.to_dict(), fmt)
+    w = httpx.post(url, files=files, data={"timestamp_granularities[]": "word"}, headers=AUTH, timeout=T)
+    assert w.status_code == 400 and "no word timings" in error_of(w)
 
     with httpx.stream("POST", url, files=files, data={"stream": "true"}, headers=AUTH, timeout=T) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r.iter_lines())
     deltas = [e["delta"] for e in events[:-1]]
-    assert all(e["type"] == "transcript.text.delta" for e in events[:-1]) and len(deltas) > 1
+    assert (
+        all(e["type"] == "transcript.text.delta" for e in events[:-1]) and len(deltas) == 2
+    )  # a segment each
     assert events[-1] == {"type": "transcript.text.done", "text": text}
     assert "".join(deltas).strip() == text
 
 
-def test_long_upload_is_windowed_as_the_library_does(tts_server):
-    """A recording longer than one window (30 s) is cut into windows and stitched by the library,
-    not encoded in one pass: the server's text is `LFM2Audio.transcribe`'s, window by window."""
+def test_long_upload_is_segmented_as_the_library_does(tts_server):
+    """A recording longer than one pass (30 s) is cut into speech segments by the library, not
+    encoded in one pass: the server's text and segments are `LFM2Audio.transcribe`'s."""
     import lfm2_mlx
 
     url = f"{tts_server.url}/v1/audio/transcriptions"
-    buf = io.BytesIO()
-    wave = np.concatenate([checkpoints.clip(10.0, seed) for seed in range(4)])  # 40 s
-    sf.write(buf, wave, 16000, format="WAV", subtype="PCM_16")
-    files = {"file": ("long.wav", buf.getvalue(), "audio/wav")}
+    parts = [p for k in range(6) for p in (("speech", 5.5 + k % 2), ("pause", 1.2))]
+    wave, spans = talk(*parts)  # 40 s: six utterances
+    files = {"file": ("long.wav", wav_of(wave), "audio/wav")}
     v = httpx.post(url, files=files, data={"response_format": "verbose_json"}, headers=AUTH, timeout=T)
     assert v.status_code == 200, v.text
     v = v.json()
     m = lfm2_mlx.load(tts_server.checkpoint)
-    assert v["text"] == m.transcribe(buf.getvalue(), max_new_tokens=22)
-    assert v["duration"] == pytest.approx(40.0) and len(v["segments"]) == 2
-    assert v["segments"][0]["start"] == 0 and v["segments"][-1]["end"] == pytest.approx(40.0)
-    assert all(0 < len(s["tokens"]) <= 22 for s in v["segments"])  # --max-tokens caps each window
+    want = m.transcribe(wav_of(wave), max_new_tokens=22)
+    assert v["text"] == want and v["duration"] == pytest.approx(len(wave) / 16000)
+    assert len(v["segments"]) == len(spans) == 6
+    for seg, (a, b) in zip(v["segments"], spans):  # each segment holds one utterance, no more
+        assert a / 16000 - 0.25 < seg["start"] <= a / 16000 and b / 16000 <= seg["end"] < b / 16000 + 0.6
+    assert all(0 < len(s["tokens"]) <= 22 for s in v["segments"])  # --max-tokens caps each segment
     j = httpx.post(url, files=files, headers=AUTH, timeout=T).json()
     assert j["text"] == v["text"]
 
@@ -334,18 +357,22 @@ def test_transcription_bad_requests(chat_server):
         {"data": {"model": "x"}, "files": {"other": ("a.txt", b"hi")}},  # no 'file'
         {"files": {"file": ("a.wav", b"")}},  # empty
         {"files": {"file": ("a.txt", b"this is text, not audio" * 20, "text/plain")}},
-        {"files": {"file": ("a.wav", wav_bytes())}, "data": {"response_format": "srt"}},
+        {"files": {"file": ("a.wav", wav_bytes())}, "data": {"response_format": "diarized_json"}},
         {"files": {"file": ("a.wav", wav_bytes())}, "data": {"temperature": "hot"}},
-        {"files": {"file": ("a.wav", wav_bytes(0.005))}},  # too short for the mel front end (worker side)
+        {"files": {"file": ("a.wav", wav_bytes())}, "data": {"timestamp_granularities[]": "word"}},
+        {"files": {"file": ("a.wav", wav_bytes())}, "data": {"response_format": "srt", "stream": "true"}},
         {"json": {"file": "a.wav"}},  # not multipart
     ]
     for case in cases:
         r = httpx.post(url, timeout=T, **case)
         assert r.status_code == 400, (case, r.text)
         error_of(r)
-    assert "srt" in error_of(
-        httpx.post(url, timeout=T, files={"file": ("a.wav", wav_bytes())}, data={"response_format": "srt"})
+    assert "json, text, verbose_json, srt, vtt" in error_of(
+        httpx.post(url, timeout=T, files={"file": ("a.wav", wav_bytes())}, data={"response_format": "xml"})
     )
+    # A clip with no speech in it (5 ms) is an empty transcript, not an error.
+    r = httpx.post(url, timeout=T, files={"file": ("a.wav", wav_bytes(0.005))})
+    assert r.status_code == 200 and r.json() == {"text": ""}
 
 
 def test_silent_upload_is_refused(chat_server):

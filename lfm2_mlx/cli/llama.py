@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..recipes import ASR_BATCH_SIZE, CHUNK_LENGTH_S, OVERLAP_S, TTS_BATCH_SIZE, TTS_MAX_CHARS
+from ..recipes import TTS_BATCH_SIZE, TTS_MAX_CHARS
 from . import chat, speak, transcribe
 from .common import COMMANDS, PROG, note, positive_int, shared_flags
 
@@ -61,15 +61,15 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if task == "perform asr.":
         if args.audio is None:
             parser.error('-sys "Perform ASR." needs --audio FILE')
-        ns = dict(
-            given,
-            audio=[str(args.audio)],
-            output_dir=None,
-            language=None,
-            chunk_length=CHUNK_LENGTH_S,
-            batch_size=ASR_BATCH_SIZE,
-            overlap=OVERLAP_S,
-        )
+        # The text is printed (llama-lfm2-audio's --output is for audio): transcribe's defaults.
+        fmt = "json" if args.output_format == "json" else "txt"
+        ns = {
+            **transcribe.defaults(),
+            **given,
+            "audio": [str(args.audio)],
+            "output": None,
+            "output_format": fmt,
+        }
         return transcribe.run(argparse.Namespace(**ns))
     if task.startswith("perform tts"):
         if not args.prompt:

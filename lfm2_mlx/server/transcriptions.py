@@ -1,10 +1,10 @@
-"""POST /v1/audio/transcriptions: speech to text through `LFM2Audio.transcribe_stream` and
-`transcribe_segments`, as `lfm2-audio transcribe` does: a long upload is cut into windows and
-stitched, a silent one is refused (`SilentAudioError`, 400)."""
+"""POST /v1/audio/transcriptions: speech to text through `LFM2Audio.transcribe_many`, as
+`lfm2-audio transcribe` does: an upload of any length is cut into speech segments, each with its
+times (`verbose_json`, `srt`, `vtt`); a silent one is refused (`SilentAudioError`, 400)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,9 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from ..errors import LFM2AudioError
+from ..transcribe import Segment, Transcript
+from ..transcribe.writers import render
 from .protocol import (
     SSE_HEADERS,
     ApiError,
@@ -26,7 +29,8 @@ from .protocol import (
 )
 from .state import ServerState
 
-FORMATS = ("json", "text", "verbose_json")
+FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+GRANULARITIES = ("segment",)
 
 
 @dataclass
@@ -34,11 +38,29 @@ class TranscriptionRequest:
     audio: tuple[np.ndarray, int]  # (mono samples, rate)
     response_format: str
     stream: bool
-    options: dict  # keyword arguments of LFM2Audio.transcribe_stream / transcribe_segments
+    options: dict  # keyword arguments of LFM2Audio.transcribe_many
 
     @property
     def seconds(self) -> float:
         return len(self.audio[0]) / self.audio[1]
+
+
+def granularities(values: list) -> None:
+    """`timestamp_granularities[]`: segment times are what there is; `word` is refused."""
+    for v in values:
+        if v == "word":
+            raise ApiError(
+                400,
+                "timestamp_granularities 'word' is not supported: this model gives no word timings "
+                "(segment times come from voice activity detection); use 'segment'",
+                "timestamp_granularities",
+            )
+        if v not in GRANULARITIES:
+            raise ApiError(
+                400,
+                f"timestamp_granularities {v!r} is not supported; use 'segment'",
+                "timestamp_granularities",
+            )
 
 
 async def parse(request: Request, state: ServerState) -> TranscriptionRequest:
@@ -50,11 +72,12 @@ async def parse(request: Request, state: ServerState) -> TranscriptionRequest:
             raise ApiError(400, "missing 'file': the audio file to transcribe", "file")
         data = await upload.read()
         fields = {k: form.get(k) for k in ("response_format", "temperature", "stream", "language")}
-    fmt = choice(
-        fields["response_format"], "response_format", FORMATS, "json", " (no timestamps, so no srt/vtt)"
-    )
+        granularities([*form.getlist("timestamp_granularities[]"), *form.getlist("timestamp_granularities")])
+    fmt = choice(fields["response_format"], "response_format", FORMATS, "json")
     options: dict[str, Any] = {"text_temperature": temperature(fields["temperature"])}
     stream = flag(fields["stream"], "stream")
+    if stream and fmt not in ("json", "text"):
+        raise ApiError(400, f"stream is for response_format json or text, not {fmt}", "stream")
     language = fields["language"] if isinstance(fields["language"], str) and fields["language"] else None
     if language is not None:
         try:
@@ -68,56 +91,72 @@ async def parse(request: Request, state: ServerState) -> TranscriptionRequest:
     return TranscriptionRequest(audio, fmt, stream, options)
 
 
+def work(req: TranscriptionRequest):
+    """The job: the recording's segments as they are final, then its `Transcript`."""
+
+    def run(m) -> Iterator[Segment | Transcript]:
+        for _, event in m.transcribe_many([req.audio], **req.options):
+            if isinstance(event, LFM2AudioError):
+                raise event
+            yield event
+
+    return run
+
+
 async def transcriptions(request: Request, state: ServerState) -> Response:
     req = await parse(request, state)
-    if req.response_format == "verbose_json" and not req.stream:
-        return await verbose(request, state, req)
-
-    job = state.submit(lambda m: m.transcribe_stream(req.audio, **req.options), "transcription")
+    job = state.submit(work(req), "transcription")
     if req.stream:
-        pieces = await state.opened(job, request)  # a silent upload is refused here, with a status
+        events = await state.opened(job, request)  # a silent upload is refused here, with a status
 
-        async def events() -> AsyncIterator[bytes]:
-            text = []
-            async for piece in pieces:
-                text.append(piece)
-                if piece:
-                    yield sse({"type": "transcript.text.delta", "delta": piece})
-            yield sse({"type": "transcript.text.done", "text": "".join(text).strip()})
+        async def sse_events() -> AsyncIterator[bytes]:
+            async for e in events:
+                if isinstance(e, Transcript):
+                    yield sse({"type": "transcript.text.done", "text": e.text})
+                elif e.new_text:
+                    yield sse({"type": "transcript.text.delta", "delta": e.new_text})
 
-        body = state.body(job, events(), lambda e: sse_error(e, state.settings))
+        body = state.body(job, sse_events(), lambda e: sse_error(e, state.settings))
         return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
-    text = "".join(await state.collect(job, request)).strip()
-    if req.response_format == "text":
-        return PlainTextResponse(text)
-    return JSONResponse({"text": text})
+    t = (await state.collect(job, request))[-1]
+    fmt = req.response_format
+    if fmt == "text":
+        return PlainTextResponse(t.text)
+    if fmt in ("srt", "vtt"):
+        return PlainTextResponse(
+            render(t.to_dict(), fmt), media_type=f"text/{'vtt' if fmt == 'vtt' else 'plain'}"
+        )
+    if fmt == "json":
+        return JSONResponse({"text": t.text})
+    return JSONResponse(verbose(t, req))
 
 
-async def verbose(request: Request, state: ServerState, req: TranscriptionRequest) -> Response:
-    """`verbose_json`: one segment per window the model transcribed (the model gives no word
-    timestamps, so windows are the finest times there are)."""
+def verbose(t: Transcript, req: TranscriptionRequest) -> dict:
+    """`verbose_json`: OpenAI's fields, one segment per speech segment (the model gives no word
+    timings, so segments are the finest times there are)."""
+    temp = req.options["text_temperature"] or 0.0
+    segments = [s for s in t.segments if not s.skipped]
+    return {
+        "task": "transcribe",
+        "language": t.language,
+        "duration": round(req.seconds, 3),
+        "text": t.text,
+        "segments": [
+            {
+                "id": i,
+                "seek": round(s.start * 100),  # in 10 ms frames, as Whisper's
+                "start": round(start, 3),
+                "end": round(end, 3),
+                "text": text,
+                "tokens": [x for x in s.tokens if isinstance(x, int)],
+                "temperature": temp,
+            }
+            for i, (s, (start, end, text)) in enumerate(zip(with_text(segments), t.cues()))
+        ],
+    }
 
-    job = state.submit(lambda m: m.transcribe_segments(req.audio, **req.options), "transcription")
-    segments = await state.collect(job, request)
-    t = req.options["text_temperature"] or 0.0
-    return JSONResponse(
-        {
-            "task": "transcribe",
-            "language": req.options.get("language", state.model.language),
-            "duration": round(req.seconds, 3),
-            "text": "".join(s.new_text for s in segments).strip(),
-            "segments": [
-                {
-                    "id": i,
-                    "seek": round(s.start * 100),  # in 10 ms frames, as Whisper's
-                    "start": round(s.start, 3),
-                    "end": round(s.end, 3),
-                    "text": s.new_text,
-                    "tokens": list(s.tokens),
-                    "temperature": t,
-                }
-                for i, s in enumerate(x for x in segments if not x.skipped)
-            ],
-        }
-    )
+
+def with_text(segments: list[Segment]) -> list[Segment]:
+    """The segments `Transcript.cues` keeps (those that hold text), in order."""
+    return [s for s in segments if s.new_text.strip()]
