@@ -55,7 +55,7 @@ def linked_copy(src, dst, readme=None):
 # ---- transcription -------------------------------------------------------------------------------
 def test_transcribe_gives_speech_segments_each_one_ordinary_asr_turn(load_model):
     m = load_model("core_asr")
-    x, spans = talk(("pause", 0.6), ("speech", 2.0), ("pause", 1.5), ("speech", 1.4), ("pause", 0.8))
+    x, spans = talk(("pause", 1.3), ("speech", 2.0), ("pause", 1.5), ("speech", 1.4), ("pause", 1.2))
     kw = {"max_new_tokens": 8}
     t = m.transcribe((x, 16000), **kw)
     assert isinstance(t, str) and t.text == str(t) and t.language == "en"
@@ -75,6 +75,13 @@ def test_transcribe_gives_speech_segments_each_one_ordinary_asr_turn(load_model)
     assert [set(s) for s in d["segments"]] == [{"id", "start", "end", "text"}] * len(d["segments"])
     # the engine with B = 1 and the function over a plain transcriber agree with the method
     assert transcribe(m, (x, 16000), **kw).tokens == t.tokens
+    # A clip of one utterance (less than 1 s of quiet at its ends) is one segment, the whole clip:
+    # the reference's input exactly, so the reference's tokens.
+    one, (span,) = talk(("pause", 0.5), ("speech", 1.6), ("pause", 0.7))
+    t = m.transcribe((one, 16000), **kw)
+    assert [(s.start, s.end) for s in t.segments] == [(0.0, len(one) / 16000)]
+    chat = m.user_turn(m.new_chat("Perform ASR."), audio=(one, 16000))
+    assert t.tokens == generate_tokens(m.model, chat, **kw)
 
 
 def test_windows_segmentation_is_long_form_and_equals_the_window_driver(load_model):

@@ -170,15 +170,23 @@ def test_transcribe_json_matches_reference_and_resamples(full, wavs, load_model)
     assert a44["tokens"] == generate_tokens(m.model, chat, max_new_tokens=24)
 
 
-def test_transcribe_batch_reports_each_bad_input_and_goes_on(full, wavs):
-    bad = ["zero.wav", "text.wav", "missing.wav", "empty.wav", "short.wav"]
-    p = run("transcribe", "-m", full("core_asr"), "a.wav", *bad, "b.wav", "--max-new-tokens", "6", cwd=wavs)
+@pytest.mark.parametrize("segmentation", ["vad", "windows"])
+def test_transcribe_batch_reports_each_bad_input_and_goes_on(full, wavs, segmentation):
+    bad = ["zero.wav", "text.wav", "missing.wav", "empty.wav"]
+    why = ["silent", "cannot read", "not found", "empty"]
+    if segmentation == "windows":  # too short for the model; with vad, no speech: an empty transcript
+        bad, why = bad + ["short.wav"], why + ["too short"]
+    quiet = ["short.wav"] if segmentation == "vad" else []
+    argv = ["a.wav", *bad, *quiet, "b.wav", "--max-new-tokens", "6", "--segmentation", segmentation]
+    p = run("transcribe", "-m", full("core_asr"), *argv, cwd=wavs)
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert p.stdout.startswith("==> a.wav <==\n") and "\n==> b.wav <==\n" in p.stdout
     assert all(f"==> {b} <==" not in p.stdout for b in bad)
+    if segmentation == "vad":
+        assert "==> short.wav <==\n==> b.wav <==\n" in p.stdout
     errs = error_lines(p.stderr)
     assert len(errs) == len(bad) == len(without_notes(p.stderr).splitlines())
-    for name, what in zip(bad, ["silent", "cannot read", "not found", "empty", "too short"]):
+    for name, what in zip(bad, why):
         assert any(name in e and what in e for e in errs), (name, errs)
 
 
@@ -200,15 +208,17 @@ def test_transcribe_long_form_to_output_dir(full, wavs, tmp_path):
         "6",
         "--output-format",
         "json",
+        "--segmentation",
+        "windows",
         cwd=wavs,
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout == "" and sorted(x.name for x in out.iterdir()) == ["a.json", "long.json"]
     long = json.loads((out / "long.json").read_text())
     segs = long["segments"]
-    assert len(segs) >= 3 and segs[0]["start"] == 0 and segs[-1]["end"] == pytest.approx(6.0)
-    assert all(s["start"] < p["end"] for p, s in itertools.pairwise(segs))  # consecutive windows overlap
-    assert not any(s["skipped"] for s in segs) and len(segs) < len(long["tokens"]) <= 6 * len(segs)
+    assert len(segs) >= 3 and segs[0]["start"] == 0 and long["duration"] == pytest.approx(6.0)
+    assert all(s["start"] == p["end"] for p, s in itertools.pairwise(segs))  # overlapping windows' cues
+    assert len(segs) < len(long["tokens"]) <= 6 * 5  # five windows (one stitched away), 6 steps each
     assert long["timings"]["audio_s"] == pytest.approx(6.0)
 
 
@@ -492,9 +502,33 @@ def test_user_errors_are_one_line_and_leave_no_file(capsys, wavs, full, tmp_path
             ["chat", "-m", chat, "--audio", wavs / "a.wav", "--history", bad_history],
             "not a conversation history",
         ),
-        (["transcribe", "-m", tts, wavs / "a.wav", "--chunk-length", "10", "--overlap", "6"], "overlap must"),
+        (
+            [
+                "transcribe",
+                "-m",
+                tts,
+                wavs / "a.wav",
+                "--chunk-length",
+                "10",
+                "--overlap",
+                "6",
+                "--segmentation",
+                "windows",
+            ],
+            "overlap must",
+        ),
+        (["transcribe", "-m", tts, wavs / "a.wav", "--chunk-length", "1.5"], "at least 2 s"),
+        (
+            ["transcribe", "-m", tts, wavs / "a.wav", wavs / "b.wav", "-o", tmp_path / "x.srt"],
+            "takes one input",
+        ),
+        (["transcribe", "-m", tts, wavs / "a.wav", "-f", "all"], "give --output-dir"),
+        (["transcribe", "-m", tts, wavs / "a.wav", "--max-line-count", "2"], "needs --max-line-width"),
         (["transcribe", "-m", tts, tmp_path / "*.flac"], "no files match"),
-        (["transcribe", "-m", tts, wavs / "short.wav"], "short.wav: audio too short"),
+        (
+            ["transcribe", "-m", tts, wavs / "short.wav", "--segmentation", "windows"],
+            "short.wav: audio too short",
+        ),
         (["transcribe", "-m", tts, wavs / "a.wav", "--output-dir", bad_history], "not a folder"),
     ]
     for argv, msg in cases:

@@ -117,10 +117,14 @@ def test_every_word_once_across_seams(scenario, chunk, overlap, n_words):
 def test_overlap_is_what_saves_words_in_continuous_speech():
     # Without pauses every cut splits a word; with no overlap the garbled halves stay in the text.
     x, truth, _ = speech(120, seed=3, gaps=(0, 0))
-    plain = "".join(s.new_text for s in transcribe_iter((x, SR), fake_asr, chunk_length=7, overlap=0, segmentation=W))
+    plain = "".join(
+        s.new_text for s in transcribe_iter((x, SR), fake_asr, chunk_length=7, overlap=0, segmentation=W)
+    )
     assert any(w.endswith("~") for w in plain.split())
     assert errors(truth, heard(plain))
-    stitched = "".join(s.new_text for s in transcribe_iter((x, SR), fake_asr, chunk_length=7, overlap=2, segmentation=W))
+    stitched = "".join(
+        s.new_text for s in transcribe_iter((x, SR), fake_asr, chunk_length=7, overlap=2, segmentation=W)
+    )
     assert errors(truth, heard(stitched)) == []
 
 
@@ -189,7 +193,11 @@ def test_silent_windows_are_not_transcribed_and_all_silence_is_an_error():
     assert sum(s.skipped for s in segs) >= 3 and len(calls) == sum(not s.skipped for s in segs)
     assert errors(truth, heard("".join(s.new_text for s in segs))) == []
     with pytest.raises(AudioError, match="silent"):
-        list(transcribe_iter((np.zeros(50 * SR, dtype=np.float32), SR), counting, chunk_length=10, segmentation=W))
+        list(
+            transcribe_iter(
+                (np.zeros(50 * SR, dtype=np.float32), SR), counting, chunk_length=10, segmentation=W
+            )
+        )
 
 
 def test_reading_in_blocks_equals_reading_whole(tmp_path):

@@ -13,7 +13,16 @@ from ..audio_io import AudioWriter, check_audio_output
 from ..errors import LFM2AudioError
 from ..recipes import CHAT_PROMPT
 from ..session import turn_audio
-from .common import check_history_path, emit_json, generation_kwargs, load, note, one_line, timings
+from .common import (
+    add_output_format,
+    check_history_path,
+    emit_json,
+    generation_kwargs,
+    load,
+    note,
+    one_line,
+    timings,
+)
 
 
 def add_parser(sub, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -25,6 +34,7 @@ def add_parser(sub, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
         description="Answer one turn (audio and/or text) with streamed text and speech.",
     )
     c.add_argument("--audio", type=Path, metavar="FILE", help="the spoken question (- for stdin)")
+    add_output_format(c)
     c.add_argument("--text", metavar="TEXT", help="text for the turn (with or without --audio)")
     c.add_argument(
         "-o",

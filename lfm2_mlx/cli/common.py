@@ -185,14 +185,18 @@ def shared_flags() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, help="random seed, for reproducible sampling")
     o = p.add_argument_group("output")
-    o.add_argument(
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no notes on stderr")
+    return p
+
+
+def add_output_format(parser: argparse.ArgumentParser) -> None:
+    """speak's and chat's --output-format (transcribe has its own: the transcript formats)."""
+    parser.add_argument(
         "--output-format",
         choices=("text", "json"),
         default="text",
         help="json: one object per input (one per line), with text, tokens, audio, timings",
     )
-    o.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no notes on stderr")
-    return p
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..recipes import TTS_BATCH_SIZE, TTS_MAX_CHARS
 from . import chat, speak, transcribe
-from .common import COMMANDS, PROG, note, positive_int, shared_flags
+from .common import COMMANDS, PROG, add_output_format, note, positive_int, shared_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-sys", "--system", dest="system", metavar="PROMPT", help="system prompt (selects the task)"
     )
     parser.add_argument("--audio", type=Path, metavar="FILE", help="input audio (- for stdin)")
+    add_output_format(parser)
     parser.add_argument("-p", "--prompt", metavar="TEXT", help="text (what to speak, or the user's text)")
     parser.add_argument(
         "-o", "--output", "--output-file", dest="output", type=Path, metavar="FILE", help="output audio file"

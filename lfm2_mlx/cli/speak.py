@@ -12,6 +12,7 @@ from ..audio_io import AudioWriter, check_audio_output
 from ..recipes import TTS_BATCH_SIZE, TTS_MAX_CHARS, VOICES
 from .common import (
     add_language,
+    add_output_format,
     emit_json,
     generation_kwargs,
     load,
@@ -34,6 +35,7 @@ def add_parser(sub, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "group and written to the file as it is generated.",
     )
     s.add_argument("text", metavar="TEXT", help="text to speak, or - to read it from stdin")
+    add_output_format(s)
     s.add_argument(
         "-o",
         "--output",

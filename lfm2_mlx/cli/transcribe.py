@@ -50,7 +50,6 @@ def add_parser(sub, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "transcribe",
         parents=[parent],
         allow_abbrev=False,
-        conflict_handler="resolve",  # its own --output-format: the transcript formats
         help="speech to text",
         description="Transcribe audio files of any length into text or subtitles: speech segments "
         "with their times, found by voice activity detection.",
@@ -288,6 +287,9 @@ def transcribe_all(
             if isinstance(event, Transcript):
                 result = result_dict(path, event, load_s, time.perf_counter() - t0)
                 bar.update(max(0.0, event.duration - done))
+                if printing and headers and shown != i:  # nothing was said: the header still
+                    sys.stdout.write(f"==> {path} <==\n")
+                    sys.stdout.flush()
                 present(
                     bar, fmt, path, result, targets, wrap, header=headers and shown != i, printed=printing
                 )
@@ -316,6 +318,9 @@ def present(bar, fmt, path, result, targets, wrap, *, header: bool, printed: boo
     if printed:
         return
     text = render(result, fmt, **wrap)
+    if fmt == "json":  # one object per line, whatever the number of inputs
+        bar.write(text, file=sys.stdout)
+        return
     bar.write((f"==> {path} <==\n" if header else "") + text.rstrip("\n"), file=sys.stdout)
 
 
@@ -331,6 +336,7 @@ def result_dict(path: str, t: Transcript, load_s: float, total_s: float) -> dict
         "input": path,
         **t.to_dict(),
         "tokens": t.tokens,
+        "audio": None,  # the key every command's JSON has (speak and chat: the audio written)
         "timings": timings(
             load_s, gen_s + total_s, firsts[0] if firsts else None, gen_s, len(t.tokens), t.duration
         ),

@@ -17,6 +17,9 @@ The method (all times at 16 kHz, in Silero's 32 ms frames):
    and the next segment starts exactly there, so nothing is heard twice or not at all.
 4. Padding. Each segment gets up to `PAD` (0.2 s) of the audio around it, at most half the pause
    to its neighbour, so neighbouring segments never overlap and every boundary lies in a pause.
+   At the ends of the recording, up to `EDGE` (1 s) of leading or trailing quiet stays with the
+   first or last segment: a clip holding one utterance is one segment, the whole clip, given to
+   the model exactly as liquid-audio's reference would be.
 
 Memory is bounded: what is kept is the segment waiting for a possible fragment to join it, the
 utterance being heard (each at most one pass) and the pause between them (at most `JOIN_GAP`);
@@ -42,6 +45,7 @@ MIN_UTTERANCE = 1.0  # s: a shorter utterance joins a neighbour
 JOIN_GAP = 1.0  # s: ...when the pause to it is no longer than this
 MIN_BLIP = 0.25  # s: a shorter detection with nothing to join is dropped
 PAD = 0.2  # s of audio kept around a segment (at most half the pause to its neighbour)
+EDGE = 1.0  # s: up to this much before the first / after the last segment is kept with it
 MIN_CHUNK = 2.0  # s: the shortest pass that leaves room for speech between the paddings
 
 
@@ -92,7 +96,7 @@ class Segmenter:
         self.frame = self.vad.frame_samples
         s = lambda seconds: round(seconds * rate)
         self.pad, self.min_pause, self.join_gap = s(PAD), s(MIN_PAUSE), s(JOIN_GAP)
-        self.min_utterance, self.min_blip = s(MIN_UTTERANCE), s(MIN_BLIP)
+        self.min_utterance, self.min_blip, self.edge = s(MIN_UTTERANCE), s(MIN_BLIP), s(EDGE)
         self.max_len = s(chunk_length) - 2 * self.pad  # the longest span: padded, it fills one pass
         self.buf = np.zeros(0, dtype=np.float32)
         self.buf_start = 0  # absolute index of buf[0]
@@ -129,7 +133,7 @@ class Segmenter:
             self.speaking = False
             out += self._span(Span(self.start, self.end, cut_before=self._cut_next))
         if self.pending is not None:
-            out += self._emit(None)
+            out += self._emit(None, last=True)
         return out
 
     # ---- detection ---------------------------------------------------------------------------
@@ -172,19 +176,24 @@ class Segmenter:
         self.pending = u
         return out
 
-    def _emit(self, next_start: int | None) -> list[Piece]:
+    def _emit(self, next_start: int | None, last: bool = False) -> list[Piece]:
         """The pending span as a `Piece`, padded into the pauses around it."""
         p, self.pending = self.pending, None
         assert p is not None
         if len(p) < self.min_blip and not (p.cut_before or p.cut_after):
             return []
-        room = p.start if self.prev_end is None else (p.start - self.prev_end) // 2
+        prev, self.prev_end = self.prev_end, p.end
+        first = prev is None
+        room = p.start if prev is None else (p.start - prev) // 2
         left = 0 if p.cut_before else min(self.pad, room)
-        self.prev_end = p.end
         right = 0 if p.cut_after else self.pad
         if next_start is not None and not p.cut_after:
             right = min(right, (next_start - p.end) // 2)
         a, b = p.start - left, min(p.end + right, self.end)
+        if first and p.start <= self.edge and not p.cut_before:
+            a = 0  # the first segment, near the start: the recording from its beginning
+        if last and self.end - p.end <= self.edge and not p.cut_after:
+            b = self.end
         return [Piece(a, self.buf[a - self.buf_start : b - self.buf_start].copy(), (p.start, p.end))]
 
     def _trim(self) -> None:
@@ -194,6 +203,9 @@ class Segmenter:
             keep = min(keep, self.pending.start - self.pad)
         if self.speaking:
             keep = min(keep, self.start - self.pad)
+        first = self.pending.start if self.pending else self.start if self.speaking else self.pos
+        if self.prev_end is None and first <= self.edge:
+            keep = 0  # the first segment may still take the recording from its start
         keep = max(keep, self.buf_start)
         self.buf, self.buf_start = self.buf[keep - self.buf_start :], keep
 
