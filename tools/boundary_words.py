@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from spoken import OracleASR, Recording, boundary_errors, recording  # noqa: E402
+from spoken import OracleASR, Recording, boundary_errors, recording
 
-from lfm2_mlx.transcribe import transcribe  # noqa: E402
+from lfm2_mlx.transcribe import transcribe
 
 SR = 16000
 
@@ -87,7 +87,9 @@ def main() -> None:
                     "pieces": len(t.segments),
                     **err,
                     # seconds of audio the model is given (overlaps twice, silences never with vad)
-                    "model_audio_min": round(sum(s.end - s.start for s in t.segments if not s.skipped) / 60, 1),
+                    "model_audio_min": round(
+                        sum(s.end - s.start for s in t.segments if not s.skipped) / 60, 1
+                    ),
                     "median_cue_s": round(float(np.median(lens)), 1),
                     "longest_cue_s": round(max(lens), 1),
                     "seconds": round(time.perf_counter() - t0, 1),
