@@ -77,7 +77,7 @@ def test_transcribe_gives_speech_segments_each_one_ordinary_asr_turn(load_model)
     assert transcribe(m, (x, 16000), **kw).tokens == t.tokens
     # A clip of one utterance (less than 1 s of quiet at its ends) is one segment, the whole clip:
     # the reference's input exactly, so the reference's tokens.
-    one, (span,) = talk(("pause", 0.5), ("speech", 1.6), ("pause", 0.7))
+    one, _ = talk(("pause", 0.5), ("speech", 1.6), ("pause", 0.7))
     t = m.transcribe((one, 16000), **kw)
     assert [(s.start, s.end) for s in t.segments] == [(0.0, len(one) / 16000)]
     chat = m.user_turn(m.new_chat("Perform ASR."), audio=(one, 16000))

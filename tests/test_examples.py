@@ -54,8 +54,10 @@ def test_asr_example(ckpt, tmp_path):
     m = lfm2_mlx.load(ckpt("core_asr"))
     want = "".join(
         f"==> {i}.wav <==\n"
-        + "".join(m.transcribe_stream(str(tmp_path / f"{i}.wav"), max_new_tokens=12))
-        + "\n"
+        + "".join(
+            f"[{s.start:7.2f} -> {s.end:7.2f}] {s.text}\n"
+            for s in m.transcribe_stream(str(tmp_path / f"{i}.wav"), max_new_tokens=12)
+        )
         for i in range(2)
     )
     assert p.stdout == want and len(p.stdout.splitlines()) == 4

@@ -4,6 +4,7 @@ pauses, long speech is cut between words, fragments join a neighbour, memory sta
 the oracle ASR (an ideal recogniser that only errs on words cut at an edge) hears every word once.
 """
 
+import itertools
 import tracemalloc
 
 import numpy as np
@@ -30,7 +31,7 @@ def test_every_cue_starts_and_ends_in_a_pause(language, seed):
     for p in pieces:
         assert in_pause(p.start, rec) and in_pause(p.end, rec), (p.start / SR, p.end / SR)
         assert p.end - p.start <= 30 * SR
-    for a, b in zip(pieces, pieces[1:]):
+    for a, b in itertools.pairwise(pieces):
         assert a.end <= b.start  # never overlapping
     # every word is inside exactly one segment
     for a, b in rec.word_spans:
@@ -57,7 +58,7 @@ def test_long_speech_is_cut_between_words_into_passes():
     assert rec.duration > 65
     pieces = list(speech_segments([rec.audio], chunk_length=30))
     assert len(pieces) >= 3
-    for a, b in zip(pieces, pieces[1:]):
+    for a, b in itertools.pairwise(pieces):
         assert a.end == b.start  # cut, not padded: each sample heard once
         assert in_pause(a.end, rec, slack=160), a.end / SR  # at a gap between words (10 ms)
     assert all(p.end - p.start <= 30 * SR for p in pieces)

@@ -226,6 +226,10 @@ def test_bad_options_write_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_folder_is_an_output_error(tmp_path):
-    with pytest.raises(OutputError):
-        get_writer("txt", tmp_path / "nope")(RESULT, "a.wav")
+def test_missing_folder_is_created_and_a_file_in_the_way_is_an_output_error(tmp_path):
+    assert get_writer("txt", tmp_path / "new" / "dir")(RESULT, "a.wav") == [
+        tmp_path / "new" / "dir" / "a.txt"
+    ]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises((OutputError, FileExistsError, NotADirectoryError)):
+        get_writer("txt", tmp_path / "file")(RESULT, "a.wav")

@@ -156,7 +156,7 @@ def shared_flags() -> argparse.ArgumentParser:
         type=positive_int,
         metavar="N",
         help="most generated steps (a text token or an audio frame each) per generation "
-        f"(default: {MAX_NEW_TOKENS['asr']} per ASR window, {MAX_NEW_TOKENS['tts']} per TTS piece, "
+        f"(default: {MAX_NEW_TOKENS['asr']} per ASR segment, {MAX_NEW_TOKENS['tts']} per TTS piece, "
         f"{MAX_NEW_TOKENS['chat']} per chat turn)",
     )
     s.add_argument(

@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="cap on generated steps (text tokens + audio frames) for any request "
-        f"(default: per task, {MAX_NEW_TOKENS['asr']} per ASR window, {MAX_NEW_TOKENS['tts']} per "
+        f"(default: per task, {MAX_NEW_TOKENS['asr']} per ASR segment, {MAX_NEW_TOKENS['tts']} per "
         f"speech piece, {MAX_NEW_TOKENS['chat']} per chat reply)",
     )
     parser.add_argument(
@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="longest audio input accepted, in seconds per clip (default: no limit for a "
-        f"transcription, which is cut into windows; {MAX_TURN_AUDIO_S:g} for a chat turn)",
+        f"transcription, which is cut into speech segments; {MAX_TURN_AUDIO_S:g} for a chat turn)",
     )
     parser.add_argument(
         "--dtype",

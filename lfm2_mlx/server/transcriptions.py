@@ -136,7 +136,6 @@ def verbose(t: Transcript, req: TranscriptionRequest) -> dict:
     """`verbose_json`: OpenAI's fields, one segment per speech segment (the model gives no word
     timings, so segments are the finest times there are)."""
     temp = req.options["text_temperature"] or 0.0
-    segments = [s for s in t.segments if not s.skipped]
     return {
         "task": "transcribe",
         "language": t.language,
@@ -152,11 +151,6 @@ def verbose(t: Transcript, req: TranscriptionRequest) -> dict:
                 "tokens": [x for x in s.tokens if isinstance(x, int)],
                 "temperature": temp,
             }
-            for i, (s, (start, end, text)) in enumerate(zip(with_text(segments), t.cues()))
+            for i, (start, end, text, s) in enumerate(t.cues())
         ],
     }
-
-
-def with_text(segments: list[Segment]) -> list[Segment]:
-    """The segments `Transcript.cues` keeps (those that hold text), in order."""
-    return [s for s in segments if s.new_text.strip()]

@@ -98,14 +98,14 @@ class Transcript(str):
         """Every piece's generated steps, in order (with windows, the seams are not removed)."""
         return [t for s in self.segments for t in s.tokens]
 
-    def cues(self) -> list[tuple[float, float, str]]:
-        """(start, end, text) of the segments that hold text, in order, never overlapping (a
-        window's time starts where the previous one's ends)."""
+    def cues(self) -> list[tuple[float, float, str, Segment]]:
+        """(start, end, text, segment) of the segments that hold text, in order, never
+        overlapping (a window's time starts where the previous one's ends)."""
         out, last = [], 0.0
         for s in self.segments:
-            text = (s.new_text if s.new_text.strip() else "").strip()
+            text = s.new_text.strip()
             if text:
-                out.append((max(s.start, last), s.end, text))
+                out.append((max(s.start, last), s.end, text, s))
                 last = s.end
         return out
 
@@ -115,7 +115,7 @@ class Transcript(str):
             "text": self.text,
             "segments": [
                 {"id": i, "start": round(a, 3), "end": round(b, 3), "text": t}
-                for i, (a, b, t) in enumerate(self.cues())
+                for i, (a, b, t, _) in enumerate(self.cues())
             ],
             "duration": round(self.duration, 3),
             "language": self.language,

@@ -184,7 +184,8 @@ def output_paths(output_format: str, output_dir: str | Path, audio_path: str | P
 
 
 def get_writer(output_format: str, output_dir: str | Path) -> Writer:
-    """`writer(result, audio_path, options=None)`: writes `output_paths(...)` and returns them.
+    """`writer(result, audio_path, options=None)`: writes `output_paths(...)` (creating
+    `output_dir` if needed) and returns them.
     `options` may hold `max_line_width` and `max_line_count` (None: no wrapping); others are ignored."""
     formats = _formats(output_format)
 
@@ -194,6 +195,7 @@ def get_writer(output_format: str, output_dir: str | Path) -> Writer:
         # Render everything first: a bad option or result writes no file at all.
         texts = [render(result, f, max_line_width=width, max_line_count=count) for f in formats]
         paths = output_paths(output_format, output_dir, audio_path)
+        Path(output_dir).mkdir(parents=True, exist_ok=True)  # as the CLI's --output-dir
         for path, text in zip(paths, texts):
             write_text(path, text)
         return paths
