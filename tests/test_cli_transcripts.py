@@ -191,7 +191,7 @@ def test_all_formats_in_output_dir(capsys, ckpt, recs, api, tmp_path):
         assert txt == by_name[name]
         assert parse_srt(files[f"{name}.srt"]) == [(a, b, ls) for a, b, ls in parse_vtt(files[f"{name}.vtt"])]
     srt, _ = transcribe(capsys, ckpt, paths[0], "-f", "srt")
-    assert files["r5.srt"].rstrip("\n") == srt.rstrip("\n")
+    assert files["r5.srt"] == srt  # "> x.srt" writes what "-o x.srt" does
 
 
 # ---- -o FILE, checks before loading, subtitle wrapping -------------------------------------------
@@ -226,7 +226,7 @@ def test_wrapped_cues_cover_each_segment(capsys, ckpt, recs, api):
     path = recs["r5"][1]
     srt = parse_srt(transcribe(capsys, ckpt, path, "-f", "srt", "--max-new-tokens", "24", *WRAP)[0])
     t = api(path, 24).to_dict()["segments"]
-    split = 0
+    split, covered = 0, 0
     for seg in t:
         mine = [c for c in srt if ms(seg["start"]) <= c[0] < ms(seg["end"])]
         assert mine and mine[0][0] == ms(seg["start"]) and mine[-1][1] == ms(seg["end"])
@@ -236,8 +236,8 @@ def test_wrapped_cues_cover_each_segment(capsys, ckpt, recs, api):
             assert len(line) <= 10 or " " not in line, line  # only a single long word is longer
         said = "".join(line for c in mine for line in c[2])  # the segment's text, none lost or added
         assert "".join(said.split()) == "".join(seg["text"].split())
-        split += len(mine) > 1
-    assert split >= 2  # the wrapping was exercised
+        split, covered = split + (len(mine) > 1), covered + len(mine)
+    assert covered == len(srt) and split >= 2  # the wrapping was exercised
 
 
 # ---- --skip-existing -----------------------------------------------------------------------------
@@ -305,17 +305,8 @@ def test_mlx_launch_two_processes(capsys, ckpt, recs, tmp_path):
     for name in names:  # the single-process reference, one -o run per input
         transcribe(capsys, ckpt, tmp_path / f"{name}.wav", "-f", "srt", "-o", tmp_path / f"{name}.ref.srt")
     cmd = [launcher, "-n", "2", "--starting-port", free_port(), "--", sys.executable, "-m", "lfm2_mlx"]
-    cmd += [
-        "transcribe",
-        "-m",
-        ckpt,
-        *TOKENS,
-        "-f",
-        "srt",
-        "--output-dir",
-        "out",
-        *(f"{n}.wav" for n in names),
-    ]
+    inputs = [f"{n}.wav" for n in names]
+    cmd += ["transcribe", "-m", ckpt, *TOKENS, "-f", "srt", "--output-dir", "out", *inputs]
     _, err = launch(cmd, tmp_path)
     totals = [TOTAL.fullmatch(ln) for ln in err.splitlines() if "processes:" in ln]
     assert len(totals) == 1 and totals[0] and totals[0].groups() == ("5", "0", "0"), err

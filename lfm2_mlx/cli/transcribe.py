@@ -317,11 +317,10 @@ def present(bar, fmt, path, result, targets, wrap, *, header: bool, printed: boo
         return
     if printed:
         return
-    text = render(result, fmt, **wrap)
-    if fmt == "json":  # one object per line, whatever the number of inputs
-        bar.write(text, file=sys.stdout)
-        return
-    bar.write((f"==> {path} <==\n" if header else "") + text.rstrip("\n"), file=sys.stdout)
+    # The file's bytes exactly (`> x.srt` is `-o x.srt`); json: one object per line, no header.
+    text = (f"==> {path} <==\n" if header and fmt != "json" else "") + render(result, fmt, **wrap)
+    if text:
+        bar.write(text[:-1] if text.endswith("\n") else text, file=sys.stdout)  # write() adds "\n"
 
 
 def result_dict(path: str, t: Transcript, load_s: float, total_s: float) -> dict:

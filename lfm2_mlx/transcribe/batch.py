@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..audio_io import SAMPLE_RATE_IN as SAMPLE_RATE
-from ..audio_io import AudioInput, AudioSource, open_audio
+from ..audio_io import AudioInput, open_audio
 from ..errors import AudioError, InputError, LFM2AudioError
 from ..generate import Request, generate_batch
 from ..recipes import ASR_BATCH_SIZE, CHUNK_LENGTH_S, MAX_NEW_TOKENS, OVERLAP_S
@@ -30,8 +30,8 @@ from .driver import (
     peak,
     single,
 )
-from .segments import check_chunk, speech_segments
-from .windows import plan, windows
+from .segments import Piece, check_chunk, speech_segments
+from .windows import Window, plan, windows
 
 # Windows -> per window, in order: (text, steps, seconds to the first step, seconds of generation),
 # or the error that window alone raised (e.g. a clip too short for the mel front end).
@@ -83,11 +83,11 @@ class Meter:
             yield b
 
 
-def pieces(src: AudioSource, segmentation: str, chunk_length: float, overlap: float, meter: Meter):
+def pieces(blocks: Meter, segmentation: str, chunk_length: float, overlap: float) -> Iterator[Piece | Window]:
     """A recording's pieces for the model: speech segments or windows (`driver` docstring)."""
     if segmentation == "vad":
-        return speech_segments(meter, chunk_length)
-    return windows(meter, chunk_length, overlap)
+        return speech_segments(blocks, chunk_length)
+    return windows(blocks, chunk_length, overlap)
 
 
 def transcribe_many(
@@ -120,7 +120,7 @@ def transcribe_many(
             try:
                 src = open_audio(audio)
                 meter = Meter(src.blocks(SAMPLE_RATE))
-                for p in pieces(src, segmentation, chunk_length, overlap, meter):
+                for p in pieces(meter, segmentation, chunk_length, overlap):
                     yield i, src.name, p, None
                 yield i, src.name, None, meter
             except LFM2AudioError as e:
