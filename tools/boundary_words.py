@@ -5,6 +5,9 @@ The real checkpoints are not reachable here, so the recogniser is `tests/spoken.
 word 30-70 % inside and misses one less than 30 % inside. What it gets wrong is exactly what the
 cutting gets wrong, so the counts below measure the two paths' boundaries, not a model.
 
+A second recogniser, "edge-deaf", also misses what lies in the first and last 150 ms of its
+input, as a model without context around a word may.
+
 The recordings are espeak-ng words (tests/fixtures/speech) laid out with known times and real
 Silero VAD decisions:
 
@@ -32,6 +35,20 @@ from spoken import OracleASR, Recording, boundary_errors, recording
 from lfm2_mlx.transcribe import transcribe
 
 SR = 16000
+
+
+class EdgeDeafASR(OracleASR):
+    """The oracle, deaf to the first and last `margin` seconds of what it is given: a model
+    that loses words spoken right at the edge of its input (no context to recognise them by)."""
+
+    margin = 0.15
+
+    def heard(self, a: int, b: int) -> list[str]:
+        m = round(self.margin * SR)
+        return super().heard(a + m, b - m) if b - a > 2 * m else []
+
+
+RECOGNISERS = {"ideal": OracleASR, "edge-deaf 150 ms": EdgeDeafASR}
 
 
 def join(parts: list[Recording]) -> Recording:
@@ -71,8 +88,8 @@ def main() -> None:
     rows = []
     for name in ("conversation", "fast talker", "monologue"):
         rec = scenario(name, args.minutes, args.seed)
-        for seg in ("vad", "windows"):
-            asr = OracleASR(rec)
+        for (who, make), seg in [(r, g) for r in RECOGNISERS.items() for g in ("vad", "windows")]:
+            asr = make(rec)
             t0 = time.perf_counter()
             t = transcribe(asr, (rec.audio, SR), segmentation=seg)
             err = boundary_errors(rec.words, t.text)
@@ -83,6 +100,7 @@ def main() -> None:
                     "recording": name,
                     "minutes": round(rec.duration / 60, 1),
                     "words": len(rec.words),
+                    "recogniser": who,
                     "segmentation": seg,
                     "pieces": len(t.segments),
                     **err,
@@ -97,14 +115,15 @@ def main() -> None:
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     head = (
-        "| recording | words | segmentation | pieces | audio to the model | lost | doubled | garbled "
+        "| recording | words | recogniser | segmentation | pieces | audio to the model | lost | doubled | garbled "
         "| median cue | longest cue |"
     )
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
         print(
-            f"| {r['recording']} ({r['minutes']} min) | {r['words']} | {r['segmentation']} | {r['pieces']} | "
+            f"| {r['recording']} ({r['minutes']} min) | {r['words']} | {r['recogniser']} | {r['segmentation']} "
+            f"| {r['pieces']} | "
             f"{r['model_audio_min']} min | "
             f"{r['lost']} | {r['doubled']} | {r['garbled']} | {r['median_cue_s']} s | {r['longest_cue_s']} s |"
         )
