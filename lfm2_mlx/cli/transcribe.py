@@ -320,7 +320,7 @@ def present(bar, fmt, path, result, targets, wrap, *, header: bool, printed: boo
     # The file's bytes exactly (`> x.srt` is `-o x.srt`); json: one object per line, no header.
     text = (f"==> {path} <==\n" if header and fmt != "json" else "") + render(result, fmt, **wrap)
     if text:
-        bar.write(text[:-1] if text.endswith("\n") else text, file=sys.stdout)  # write() adds "\n"
+        bar.write(text.removesuffix("\n"), file=sys.stdout)  # write() adds "\n"
 
 
 def result_dict(path: str, t: Transcript, load_s: float, total_s: float) -> dict:
