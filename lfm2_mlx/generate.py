@@ -18,8 +18,7 @@ since its input is the tokens already sampled.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -27,6 +26,7 @@ import numpy as np
 from . import batch
 from .chat import AUDIO_EOS, ChatState, Modality
 from .policy import ORDINARY, Interleaved, ModalityPolicy, Sequential
+from .rows import ROWS, AudioDecoder, GenerationStep, PromptCache, Request, RowOutput, Rows
 from .sample import Setting, row_key, setting
 
 
@@ -41,82 +41,6 @@ def make_policy(model, mode: str) -> ModalityPolicy:
 
 
 PREFILL_CHUNK = 512
-
-
-@dataclass
-class PromptCache:
-    """The backbone cache of one conversation, kept across its turns so that a new turn only
-    runs its new positions (a chat reply does not re-encode every earlier clip). `positions`
-    fingerprints what the cache holds; it is reused only when it is a prefix of the new prompt."""
-
-    layers: list | None = None
-    positions: list = field(default_factory=list)
-
-    def reuse(self, model, chat: ChatState) -> tuple[list | None, int]:
-        """(cache, positions already in it) for generating after `chat`; (None, 0) if nothing
-        can be reused."""
-        n = len(self.positions)
-        if self.layers is not None and 0 < n < len(chat) and chat.fingerprints()[:n] == self.positions:
-            return self.layers, n
-        return None, 0
-
-
-@dataclass
-class GenerationStep:
-    """One generated step: a text token or an audio frame (EOAudio frames included), and, when
-    a decoder is attached, the PCM it produced (float32, 24 kHz; None for text, EOAudio, and the
-    rare frame whose later codebook sampled 2048, which no decoder can take)."""
-
-    modality: Modality
-    token: int | None = None
-    frame: list[int] | None = None
-    pcm: mx.array | None = None
-
-    @property
-    def value(self) -> int | list[int]:
-        return self.token if self.modality == Modality.TEXT else self.frame
-
-
-class AudioDecoder(Protocol):
-    sample_rate: int
-
-    def make_cache(self) -> Any: ...
-
-    def decode_step(self, codes: mx.array, cache: Any) -> mx.array: ...
-
-    def flush(self, cache: Any) -> mx.array: ...
-
-
-@dataclass
-class Request:
-    """One conversation to continue (`chat` ends with `<|im_start|>assistant\\n`) and how.
-
-    mode: "sequential" or "interleaved". Sampling is greedy when a temperature is None/<= 0 or
-    its top-k is 1. `seed` fixes the row's own random stream (without it the stream is drawn
-    from MLX's global generator): what a row samples does not depend on the other rows. With a
-    `decoder`, each decodable frame carries its PCM and the row ends with the decoder's tail.
-    A `prompt_cache` is reused and left holding this conversation's cache when the row ends."""
-
-    chat: ChatState
-    mode: str = "sequential"
-    max_new_tokens: int = 512
-    text_temperature: float | None = None
-    text_top_k: int | None = None
-    audio_temperature: float | None = None
-    audio_top_k: int | None = None
-    seed: int | None = None
-    decoder: AudioDecoder | None = None
-    prompt_cache: PromptCache | None = None
-
-
-@dataclass
-class RowOutput:
-    """What one step produced for one row: no step (a silent `<|im_end|>`), one, or at the
-    row's end also the decoder's tail (modality AUDIO_OUT, frame None); `done` once it ended."""
-
-    uid: int
-    steps: list[GenerationStep]
-    done: bool = False
 
 
 class _Row:
@@ -325,6 +249,12 @@ class BatchGenerator:
             self._codes = self._keys = None
 
 
+def new_rows(model) -> Rows:
+    """The rows engine for a new generation: the shared batch when `ROWS` is set, else its own."""
+    shared = ROWS.get()
+    return shared(model) if shared is not None else BatchGenerator(model)
+
+
 def generate(
     model,
     chat: ChatState,
@@ -359,22 +289,28 @@ def generate(
         decoder=decoder,
         prompt_cache=prompt_cache,
     )
-    engine = BatchGenerator(model)
-    engine.insert([req])
-    while engine:
-        for out in engine.next():
-            yield from out.steps
+    engine = new_rows(model)
+    uids = engine.insert([req])
+    try:
+        while engine:
+            for out in engine.next():
+                yield from out.steps
+    finally:
+        engine.remove(uids)  # stopped early: the row leaves the batch at once
 
 
 def generate_batch(model, requests: Sequence[Request]) -> Iterator[tuple[int, GenerationStep]]:
     """Run `requests` as one batch; yields (index into `requests`, step) as steps exist. Each
     row's steps are those `generate` yields for it alone (greedy: the same tokens)."""
-    engine = BatchGenerator(model)
+    engine = new_rows(model)
     index = {uid: i for i, uid in enumerate(engine.insert(requests))}
-    while engine:
-        for out in engine.next():
-            for step in out.steps:
-                yield index[out.uid], step
+    try:
+        while engine:
+            for out in engine.next():
+                for step in out.steps:
+                    yield index[out.uid], step
+    finally:
+        engine.remove(list(index))  # stopped early: the rows leave the batch at once
 
 
 def generate_batch_tokens(model, requests: Sequence[Request]) -> list[list[int | list[int]]]:
@@ -396,3 +332,24 @@ def frames_array(steps: list, codebooks: int = 8) -> np.ndarray:
     dropped, as the loop does when a decoder is attached): (codebooks, T) int32."""
     frames = [s for s in steps if isinstance(s, list) and AUDIO_EOS not in s]
     return np.asarray(frames, dtype=np.int32).reshape(len(frames), codebooks).T
+
+
+__all__ = [  # the request and step types live in `rows`; importable from here too
+    "ROWS",
+    "AudioDecoder",
+    "BatchGenerator",
+    "GenerationStep",
+    "PromptCache",
+    "Request",
+    "RowOutput",
+    "Rows",
+    "frames_array",
+    "generate",
+    "generate_batch",
+    "generate_batch_tokens",
+    "generate_tokens",
+    "make_policy",
+    "new_rows",
+    "prefill",
+    "to_host",
+]

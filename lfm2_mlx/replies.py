@@ -11,7 +11,7 @@ import numpy as np
 from .audio_io import SAMPLE_RATE_OUT
 from .chat import Modality
 from .errors import InputError
-from .generate import BatchGenerator, GenerationStep, Request
+from .generate import GenerationStep, Request, new_rows
 from .text import TextStream
 
 
@@ -78,7 +78,7 @@ def stream_rows(
     unfinished row streams live, later rows' chunks wait until the rows before them ended."""
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
-    engine = BatchGenerator(model)
+    engine = new_rows(model)
     queue = list(range(len(requests)))
     row_of: dict[int, int] = {}
     chunkers: dict[int, Chunker] = {}

@@ -1,18 +1,17 @@
-"""One model, one generation at a time, a bounded wait line: the server's scheduling.
+"""Requests decode together: a bounded number run at once, each on a worker thread, and every
+generation they start joins one running batch (`lfm2_mlx.shared_batch`: continuous batching; a
+row joins at the next step and leaves when it ends). A bounded wait line holds what is accepted
+beyond that; more is refused at once (`Busy`, HTTP 429).
 
-MLX is not thread-safe for concurrent generation, so a single worker thread owns the model: it
-loads it and runs every request's work one after the other (all MLX calls happen on that thread).
-Requests beyond one running plus `max_queue` waiting are refused at once (`Busy`, HTTP 429).
+A job's work is a generator over the loaded model, run on a worker; each item it yields is handed
+to the asyncio side as soon as it exists. Between items, and while the work waits for its rows'
+next step, the job's stop flag and deadline are checked: a client that disconnects or times out
+makes its rows leave the batch at the next step, and the work is closed.
 
-A job's work is a generator run on the worker; each item it yields is handed to the asyncio side
-as soon as it exists. Between items the worker checks whether the job was cancelled (client gone)
-or ran past its deadline, and if so closes the generator, so a stream stops at the next step.
-
-Shutdown: `close()` stops the running job, refuses the waiting ones and joins the worker. Before
-the worker ends it frees MLX's per-thread state (`mx.clear_streams`): MLX keeps a compile cache per
-thread whose entries hold Python objects, and if that cache were left to the thread's C++ exit
-handlers it would need the GIL while the interpreter may be finalizing, which aborts the process
-(`terminate called without an active exception`).
+Threads: the batch thread loads the model and runs every step (all model arrays live there);
+`max_running` worker threads run the library code of the requests (reading audio, building
+prompts, detokenizing, encoding the answer). Shutdown: `close()` stops the running jobs, refuses
+the waiting ones, stops the batch and joins every thread, each freeing its MLX state before it ends.
 """
 
 from __future__ import annotations
@@ -27,11 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LFM2AudioError
+from ..shared_batch import SharedBatch, Stopped, free_thread_state
 
 log = logging.getLogger("lfm2_mlx.server")
 
 Work = Callable[[Any], Iterator[Any]]  # (loaded model) -> items
-JOIN_S = 30.0  # how long close() waits for the running step to end
+JOIN_S = 30.0  # how long close() waits for the running steps to end
+MAX_RUNNING = 8  # requests decoding together by default
 
 
 class Busy(Exception):
@@ -59,7 +60,7 @@ class Stats:
     completed: int = 0
     failed: int = 0
     cancelled: int = 0  # client gone or timed out
-    busy_s: float = 0.0  # time the worker spent generating
+    busy_s: float = 0.0  # time the workers spent on jobs, summed
     started: float = field(default_factory=time.time)
 
 
@@ -95,72 +96,85 @@ class Job:
 
 
 class Engine:
-    """The model's single worker thread and its bounded wait line."""
+    """The shared batch, the worker threads that feed it, and the bounded wait line."""
 
-    def __init__(self, loader: Callable[[], Any], max_queue: int = 4):
+    def __init__(
+        self,
+        loader: Callable[[], Any],
+        max_queue: int = 4,
+        max_running: int = MAX_RUNNING,
+        warm: Callable[[Any], None] | None = None,
+    ):
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
-        self.max_queue = max_queue
+        if max_running < 1:
+            raise ValueError("max_running must be >= 1")
+        self.max_queue, self.max_running = max_queue, max_running
         self.stats = Stats()
-        self.model: Any = None
-        self._loader = loader
+        self.batch = SharedBatch(loader, warm)
         self._lock = threading.Lock()
         self._pending = 0  # accepted jobs not yet finished: running + waiting
-        self._running: Job | None = None
+        self._running: set[Job] = set()
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._closing = False
-        self._loaded = threading.Event()
-        self._load_error: BaseException | None = None
-        # Daemon, so that a worker stuck in a load (a download) cannot keep the process alive;
-        # close() joins it, so it has ended (and freed its MLX state) before the interpreter exits.
-        self._thread = threading.Thread(target=self._main, name="lfm2-generation", daemon=True)
+        # Daemons, so that a thread stuck in a load (a download) cannot keep the process alive;
+        # close() joins them, so they have ended (and freed their MLX state) before exit.
+        self._workers = [
+            threading.Thread(target=self._main, name=f"lfm2-job-{i}", daemon=True) for i in range(max_running)
+        ]
+
+    @property
+    def model(self) -> Any:
+        return self.batch.model
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker and wait until it has loaded the model (re-raising a load error)."""
-        self._thread.start()
-        self._loaded.wait()
-        if self._load_error is not None:
-            raise self._load_error
+        """Load the model on the batch thread (re-raising a load error), then start the workers."""
+        self.batch.start()
+        for w in self._workers:
+            w.start()
 
     def stop(self) -> None:
-        """Begin shutting down, without waiting: the running job stops at its next step, waiting
+        """Begin shutting down, without waiting: running jobs stop at their next step, waiting
         and new ones are refused (`ShuttingDown`)."""
         with self._lock:
             self._closing = True
-            if self._running is not None:
-                self._running.cancel()
-        self._jobs.put(None)
+            for job in self._running:
+                job.cancel()
+        for _ in self._workers:
+            self._jobs.put(None)
 
     def close(self, timeout: float = JOIN_S) -> bool:
-        """`stop()`, then wait up to `timeout` seconds for the worker to end (a load under way
-        cannot be interrupted: the worker stops right after it). Returns whether it has ended.
-        Safe to call more than once."""
+        """`stop()`, then wait up to `timeout` seconds for the workers and the batch thread to end.
+        Returns whether they have. Safe to call more than once."""
         self.stop()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("the generation worker did not stop within %g s", timeout)
+        for w in self._workers:
+            if w.is_alive():
+                w.join(timeout)
+        done = self.batch.close(timeout)
+        if not done or any(w.is_alive() for w in self._workers):
+            log.warning("the generation threads did not stop within %g s", timeout)
             return False
         return True
 
     # ---- admission -------------------------------------------------------------------------
     @property
     def running(self) -> int:
-        return 1 if self._running is not None else 0
+        with self._lock:
+            return len(self._running)
 
     @property
     def waiting(self) -> int:
         with self._lock:
-            return self._pending - (1 if self._running is not None else 0)
+            return self._pending - len(self._running)
 
     def submit(self, work: Work, timeout: float, label: str = "") -> Job:
-        """Queue `work`, or raise `Busy` when `max_queue` jobs already wait behind a running one."""
+        """Queue `work`, or raise `Busy` when `max_running` run and `max_queue` already wait."""
         job = Job(work, asyncio.get_running_loop(), timeout, label)
         with self._lock:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
-            if self._pending >= 1 + self.max_queue:
+            if self._pending >= self.max_running + self.max_queue:
                 self.stats.rejected += 1
                 raise Busy()
             self._pending += 1
@@ -182,22 +196,14 @@ class Engine:
             job.released = True
             self._pending -= 1
 
-    # ---- the worker ------------------------------------------------------------------------
+    # ---- the workers -----------------------------------------------------------------------
     def _main(self) -> None:
         try:
             self._serve()
         finally:
-            self.model = None
-            _free_thread_state()
+            free_thread_state()
 
     def _serve(self) -> None:
-        try:
-            self.model = self._loader()
-        except BaseException as e:  # noqa: BLE001 - re-raised by start(); the server does not come up
-            self._load_error = e
-            self._loaded.set()
-            return
-        self._loaded.set()
         while True:
             job = self._jobs.get()
             if job is None:
@@ -214,19 +220,32 @@ class Engine:
                     self.stats.cancelled += 1
                     continue
                 job.started = True
-                self._running = job
-            self._run(job)
-            with self._lock:
-                self._running = None
-                self._release(job)
-        # Shutting down: whatever still waits will never run.
+                self._running.add(job)
+            try:
+                with self.batch.joined(job.should_stop):
+                    self._run(job)
+            finally:
+                with self._lock:
+                    self._running.discard(job)
+                    self._release(job)
+        # Shutting down: whatever still waits will never run (the other workers' stop marks stay).
         while True:
             try:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
-                job.post("error", ShuttingDown("the server is shutting down"))
+            if job is None:
+                self._jobs.put(None)
+                break
+            job.post("error", ShuttingDown("the server is shutting down"))
+
+    def _stopped(self, job: Job, t0: float) -> None:
+        self.stats.cancelled += 1
+        timed_out = time.monotonic() > job.deadline
+        reason = "timeout" if timed_out else "client gone or shutdown"
+        log.info("%s stopped after %.2f s (%s)", job.label, time.perf_counter() - t0, reason)
+        # Whoever still listens must not take the cut output for a whole one.
+        job.post("error", JobTimeout() if timed_out else ShuttingDown("the server is shutting down"))
 
     def _run(self, job: Job) -> None:
         t0 = time.perf_counter()
@@ -241,15 +260,12 @@ class Engine:
                     stopped = True
                     break
             if stopped:
-                self.stats.cancelled += 1
-                timed_out = time.monotonic() > job.deadline
-                reason = "timeout" if timed_out else "client gone or shutdown"
-                log.info("%s stopped after %.2f s (%s)", job.label, time.perf_counter() - t0, reason)
-                # Whoever still listens must not take the cut output for a whole one.
-                job.post("error", JobTimeout() if timed_out else ShuttingDown("the server is shutting down"))
+                self._stopped(job, t0)
             else:
                 self.stats.completed += 1
                 job.post("end")
+        except Stopped:  # stopped while it waited for its rows: they have left the batch
+            self._stopped(job, t0)
         except Exception as e:  # handed to the request, which answers it; the worker lives on
             self.stats.failed += 1
             if isinstance(e, LFM2AudioError):  # the library's own errors are answers, not bugs
@@ -260,21 +276,17 @@ class Engine:
             job.post("error", e)
         finally:
             if gen is not None:
-                gen.close()  # GeneratorExit runs the work's own clean-up
+                gen.close()  # GeneratorExit runs the work's own clean-up (rows leave the batch)
             self.stats.busy_s += time.perf_counter() - t0
 
 
-def _free_thread_state() -> None:
-    """Free the calling thread's MLX state (compile cache, streams, random key) while the
-    interpreter is alive. MLX 0.31.2 made the compile cache per thread and added `mx.clear_streams`
-    for this; older versions keep one cache, cleared by MLX's own atexit hook."""
+def warm_decoders(model: Any) -> None:
+    """Load the checkpoint's default audio decoder on the batch thread, where every step runs it
+    (a decoder loaded on a worker would hold arrays of another thread's stream)."""
     try:
-        import mlx.core as mx
-    except ImportError:
-        return
-    clear = getattr(mx, "clear_streams", None)
-    if clear is not None:
-        clear()
+        model.audio_decoder()
+    except LFM2AudioError:  # a checkpoint without one: its requests that need audio fail alone
+        pass
 
 
 POLL_S = 0.25  # how often a waiting request looks for its client having gone
