@@ -1,6 +1,8 @@
 """Put a running `lfm2-audio serve` under load and report what it held.
 
     python tools/server_load.py --url http://127.0.0.1:8080 --clients 8 --requests 40 --kind chat
+    python tools/server_load.py --sweep 1 4 8 16 --kind mixed       # a markdown table
+    python tools/server_load.py --asr-speedup 8                      # 8 at once vs one by one
 
 Each of `--clients` concurrent clients sends requests until `--requests` have been sent in all.
 A 429 (queue full) is refused, not an error; with `--retry-429 N` a client waits the server's
@@ -18,6 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -74,13 +77,15 @@ class LoadReport:
 
 
 def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
-    """A short tone as WAV bytes (the ASR/chat requests' audio)."""
+    """Speech-like syllables as WAV bytes (the ASR/chat requests' audio): the server cuts
+    transcriptions into speech segments with a VAD, which takes a plain tone for no speech."""
     import soundfile as sf
 
-    t = np.arange(int(seconds * rate)) / rate
-    x = (0.2 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from audio_doubles import vowel_clip
+
     buf = io.BytesIO()
-    sf.write(buf, x, rate, format="WAV", subtype="PCM_16")
+    sf.write(buf, vowel_clip(seconds, seed=1, rate=rate), rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
 
 
@@ -178,6 +183,31 @@ async def run_load(
     return report
 
 
+def table(rows: list[dict]) -> str:
+    """The sweep as a markdown table."""
+    out = ["| clients | requests | ok | 429 | errors | wall | requests/s | p50 | p90 |", "|" + "---|" * 9]
+    for s in rows:
+        lat = s["latency_ok_s"]
+        out.append(
+            f"| {s['clients']} | {s['requests']} | {s['ok']} | {s['refused_429']} | {s['errors']} | "
+            f"{s['wall_s']} s | {s['ok_per_s']} | {lat['p50']} s | {lat['p90']} s |"
+        )
+    return "\n".join(out)
+
+
+async def asr_speedup(url: str, n: int, api_key: str | None, timeout: float) -> dict:
+    """`n` transcriptions one after the other, then `n` at once: the wall times and their ratio."""
+    one = await run_load(url, 1, n, "asr", api_key, timeout=timeout)
+    many = await run_load(url, n, n, "asr", api_key, timeout=timeout)
+    return {
+        "requests": n,
+        "one_by_one_s": round(one.wall_s, 2),
+        "at_once_s": round(many.wall_s, 2),
+        "speedup": round(one.wall_s / many.wall_s, 2),
+        "errors": one.errors + many.errors,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python tools/server_load.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:8080")
@@ -188,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=16, help="chat requests' max_tokens")
     p.add_argument("--timeout", type=float, default=120.0, help="client timeout per request, seconds")
     p.add_argument("--retry-429", type=int, default=0, help="retries after a 429, waiting Retry-After")
+    p.add_argument(
+        "--sweep", type=int, nargs="+", metavar="N", help="run once per client count (requests: 3 x N)"
+    )
+    p.add_argument("--asr-speedup", type=int, metavar="N", help="N transcriptions at once vs one by one")
     a = p.parse_args(argv)
     try:
         import httpx
@@ -195,6 +229,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: the load generator needs httpx: pip install httpx", file=sys.stderr)
         return 1
     try:
+        if a.asr_speedup:
+            result = asyncio.run(asr_speedup(a.url, a.asr_speedup, a.api_key, a.timeout))
+            print(json.dumps(result))
+            return 0 if result["errors"] == 0 else 1
+        if a.sweep:
+            rows = []
+            for n in a.sweep:
+                r = asyncio.run(
+                    run_load(a.url, n, 3 * n, a.kind, a.api_key, a.max_tokens, a.timeout, a.retry_429)
+                )
+                rows.append(r.summary())
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            print(table(rows))
+            return 0 if all(r["errors"] == 0 for r in rows) else 1
         report = asyncio.run(
             run_load(a.url, a.clients, a.requests, a.kind, a.api_key, a.max_tokens, a.timeout, a.retry_429)
         )
