@@ -204,7 +204,8 @@ async def asr_speedup(url: str, n: int, api_key: str | None, timeout: float) -> 
         "one_by_one_s": round(one.wall_s, 2),
         "at_once_s": round(many.wall_s, 2),
         "speedup": round(one.wall_s / many.wall_s, 2),
-        "errors": one.errors + many.errors,
+        "refused_429": one.refused + many.refused,  # a refused request makes the times meaningless
+        "errors": one.errors + many.errors + one.refused + many.refused,
     }
 
 
