@@ -56,8 +56,12 @@ def test_concurrent_requests_share_the_batch_and_answer_as_alone(server):
         async with httpx.AsyncClient(timeout=T) as client:
             return await asyncio.gather(*(transcribe(client, server.url, c) for c in clips))
 
+    before = server.health()
     got = asyncio.run(asyncio.wait_for(burst(), 4 * T))
+    after = server.health()
     assert [g[0] for g in got] == [200] * 8
+    steps, rows = (after[k] - before[k] for k in ("batch_steps", "batch_rows"))
+    assert rows / steps > 2, (steps, rows)  # they decoded together: several rows per step
     assert [g[1]["text"] for g in got] == [a["text"] for a in alone]  # greedy: batching changes nothing
     speech = {"input": "Hello there. How are you today? Fine, thanks.", "response_format": "pcm", "seed": 7}
     solo = httpx.post(f"{server.url}/v1/audio/speech", json=speech, headers=AUTH, timeout=T).content

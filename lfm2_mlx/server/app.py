@@ -17,9 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .access_log import AccessLog
 from .chat_completions import chat_completions
 from .engine import ClientGone, Engine
-from .protocol import api_error, error_body, is_answer
+from .protocol import ApiError, api_error, error_body, is_answer
+from .realtime import routes as realtime_routes
 from .speech import speech
 from .state import ServerState, Settings
 from .transcriptions import transcriptions
@@ -53,15 +55,31 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return run
 
 
-# ---- GET /v1/models, /health -------------------------------------------------------------------
-async def models(request: Request, state: ServerState) -> Response:
-    model = {
+# ---- GET /v1/models, /v1/models/{id}, /health -------------------------------------------------
+def model_object(state: ServerState) -> dict:
+    return {
         "id": state.settings.model_id,
         "object": "model",
         "created": state.created,
         "owned_by": "lfm2-mlx",
     }
-    return JSONResponse({"object": "list", "data": [model]})
+
+
+async def models(request: Request, state: ServerState) -> Response:
+    return JSONResponse({"object": "list", "data": [model_object(state)]})
+
+
+async def model(request: Request, state: ServerState) -> Response:
+    """The served model by its id (a repo id's '/' may come encoded as %2F); any other is a 404."""
+    model_id = request.path_params["model_id"]
+    if model_id != state.settings.model_id:
+        raise ApiError(
+            404,
+            f"The model '{model_id}' does not exist: this server serves '{state.settings.model_id}'",
+            type_="invalid_request_error",
+            code="model_not_found",
+        )
+    return JSONResponse(model_object(state))
 
 
 async def health(request: Request, state: ServerState) -> Response:
@@ -73,6 +91,10 @@ async def health(request: Request, state: ServerState) -> Response:
             "running": state.engine.running,
             "waiting": state.engine.waiting,
             "max_queue": state.settings.max_queue,
+            "max_running": state.engine.max_running,
+            # Batch steps run and rows stepped: rows / steps is the mean batch size.
+            "batch_steps": state.engine.batch.steps,
+            "batch_rows": state.engine.batch.row_steps,
             "accepted": s.accepted,
             "rejected": s.rejected,
             "completed": s.completed,
@@ -209,13 +231,15 @@ def create_app(engine: Engine, settings: Settings) -> Callable:
     app = Starlette(
         routes=[
             Route("/v1/models", endpoint(models), methods=["GET"]),
+            Route("/v1/models/{model_id:path}", endpoint(model), methods=["GET"]),
             Route("/health", endpoint(health), methods=["GET"]),
             Route("/v1/audio/transcriptions", endpoint(transcriptions), methods=["POST"]),
             Route("/v1/audio/speech", endpoint(speech), methods=["POST"]),
             Route("/v1/chat/completions", endpoint(chat_completions), methods=["POST"]),
+            *realtime_routes(),  # WebSocket /v1/realtime and the web page at /
         ],
         exception_handlers={HTTPException: _http_error, Exception: _unhandled},
         lifespan=lifespan,
     )
     app.state.server = ServerState(engine, settings)
-    return Guard(app, settings.api_key, settings.max_body_bytes)
+    return AccessLog(Guard(app, settings.api_key, settings.max_body_bytes))

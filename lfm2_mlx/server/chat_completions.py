@@ -53,8 +53,34 @@ class ChatRequest:
 
 
 # ---- the request ---------------------------------------------------------------------------------
+def refuse_unsupported(body: dict) -> None:
+    """OpenAI features this model does not have are a 400 naming the field, not silently ignored:
+    tool and function calling, log probabilities, JSON output modes and n > 1."""
+    for param in ("tools", "functions"):
+        if body.get(param):
+            raise ApiError(400, f"{param} are not supported: this model does not call tools", param)
+    for param in ("tool_choice", "function_call"):
+        if body.get(param) not in (None, "none", "auto"):
+            raise ApiError(400, f"{param} is not supported: this model does not call tools", param)
+    if body.get("logprobs"):
+        raise ApiError(400, "logprobs are not supported", "logprobs")
+    if body.get("top_logprobs"):
+        raise ApiError(400, "top_logprobs is not supported (logprobs are not supported)", "top_logprobs")
+    fmt = body.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+    if kind not in (None, "text"):
+        raise ApiError(
+            400,
+            f"response_format {kind!r} is not supported: the reply is free text (use 'text')",
+            "response_format",
+        )
+    if number(body.get("n"), "n", int) not in (None, 1):
+        raise ApiError(400, "only n=1 is supported", "n")
+
+
 async def parse(request: Request, state: ServerState) -> ChatRequest:
     body = await read_json(request)
+    refuse_unsupported(body)
     modalities = body.get("modalities") or ["text"]
     if (
         not isinstance(modalities, list)
@@ -69,8 +95,6 @@ async def parse(request: Request, state: ServerState) -> ChatRequest:
     audio_format = choice(audio_opts.get("format"), "audio.format", AUDIO_FORMATS, "wav")
     stream = flag(body.get("stream"), "stream")
     opts = body.get("stream_options") or {}
-    if number(body.get("n"), "n", int) not in (None, 1):
-        raise ApiError(400, "only n=1 is supported", "n")
     max_tokens = number(body.get("max_completion_tokens"), "max_completion_tokens", int, low=1) or number(
         body.get("max_tokens"), "max_tokens", int, low=1
     )

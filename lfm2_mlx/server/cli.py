@@ -3,7 +3,8 @@
     python -m lfm2_mlx.server -m LiquidAI/LFM2.5-Audio-1.5B --port 8080
 
 Endpoints (see docs/server.md): POST /v1/audio/transcriptions, POST /v1/audio/speech,
-POST /v1/chat/completions, GET /v1/models, GET /health.
+POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health. At --log-level info
+(the default) every request is logged once it ends (`access_log.py`).
 
 This module parses flags, starts the engine and uvicorn, and stops them on SIGINT / SIGTERM; it
 imports the web stack (Starlette, uvicorn) only when the server starts, so the rest of the CLI
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..recipes import DEFAULT_MODEL, MAX_NEW_TOKENS, MAX_TURN_AUDIO_S
-from .engine import Engine
+from .engine import MAX_RUNNING, Engine, warm_decoders
 from .state import Settings
 
 API_KEY_ENV = "LFM2_AUDIO_API_KEY"
@@ -59,10 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"require 'Authorization: Bearer KEY' on /v1/ (default: ${API_KEY_ENV}, else none)",
     )
     parser.add_argument(
+        "--max-running",
+        type=int,
+        default=MAX_RUNNING,
+        help=f"requests decoding at once, their steps batched together (default: {MAX_RUNNING})",
+    )
+    parser.add_argument(
         "--max-queue",
         type=int,
         default=4,
-        help="requests allowed to wait behind the running one; more get HTTP 429 (default: 4)",
+        help="requests allowed to wait behind the running ones; more get HTTP 429 (default: 4)",
     )
     parser.add_argument(
         "--max-body-mb",
@@ -144,6 +151,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--port must be in 0..65535, got {args.port}"
     if args.max_queue < 0:
         return f"--max-queue must be >= 0, got {args.max_queue}"
+    if args.max_running < 1:
+        return f"--max-running must be >= 1, got {args.max_running}"
     if args.max_body_mb <= 0:
         return f"--max-body-mb must be > 0, got {args.max_body_mb}"
     if args.timeout <= 0:
@@ -259,7 +268,12 @@ def main(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         max_audio_s=args.max_audio_s,
     )
-    engine = Engine(lambda: api.load(args.model, dtype=args.dtype), max_queue=args.max_queue)
+    engine = Engine(
+        lambda: api.load(args.model, dtype=args.dtype),
+        max_queue=args.max_queue,
+        max_running=args.max_running,
+        warm=warm_decoders,
+    )
     stop = SignalStop()
     stop.install()
     try:
@@ -271,7 +285,11 @@ def main(args: argparse.Namespace) -> int:
             return 1
         app = create_app(engine, settings)
         config = uvicorn.Config(
-            app, log_level=args.log_level, timeout_graceful_shutdown=GRACE_S, lifespan="on"
+            app,
+            log_level=args.log_level,
+            access_log=False,  # app.AccessLog writes one line per request, with its duration
+            timeout_graceful_shutdown=GRACE_S,
+            lifespan="on",
         )
         stop.server = _uvicorn_server(config, engine)
         shown = f"[{host}]" if ":" in host else host

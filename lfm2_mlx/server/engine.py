@@ -298,16 +298,22 @@ async def job_events(
     """The job's items as they come. Raises `JobTimeout` past the deadline, `ClientGone` when
     `is_disconnected()` says so, or the work's own exception; always abandons the job on exit
     (so an early exit stops the generation at its next step)."""
+    checked = time.monotonic()
     try:
         while True:
-            remaining = job.deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = job.deadline - now
             if remaining <= 0:
                 raise JobTimeout()
+            # Every POLL_S, items flowing or not: a request whose items are collected (not
+            # streamed) keeps producing them after its client has gone.
+            if now - checked >= POLL_S:
+                checked = now
+                if await is_disconnected():
+                    raise ClientGone()
             try:
                 kind, value = await asyncio.wait_for(job.events.get(), timeout=min(remaining, POLL_S))
             except asyncio.TimeoutError:
-                if await is_disconnected():
-                    raise ClientGone() from None
                 continue
             if kind == "item":
                 yield value

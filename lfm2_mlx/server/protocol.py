@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
 import math
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -214,15 +216,142 @@ def pcm16(x: np.ndarray) -> bytes:
     return (np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
 
 
-def encode_audio(x: np.ndarray, fmt: str) -> bytes:
-    """A whole 24 kHz mono clip as a file ("wav", "flac") or raw PCM ("pcm", "pcm16")."""
-    if fmt in ("pcm", "pcm16"):
-        return pcm16(x)
+# Encoded formats: soundfile's (format, subtype) and keywords. MP3 is constant bit rate, 64 kbit/s
+# at 24 kHz (libsndfile's compression 0.6 on its MPEG-2 scale: 160 - 0.6 * 152 = 68 kbit/s, set to
+# 64 by LAME): a stream cannot go back to fill in the Xing/Info header libsndfile leaves empty in the
+# first frame, and decoders read a constant-rate stream right without it (that frame is silence).
+ENCODINGS: dict[str, tuple[str, str, dict]] = {
+    "wav": ("WAV", "PCM_16", {}),
+    "flac": ("FLAC", "PCM_16", {}),
+    "mp3": ("MP3", "MPEG_LAYER_III", {"bitrate_mode": "CONSTANT", "compression_level": 0.6}),
+    "opus": ("OGG", "OPUS", {}),
+}
+OGG_PAGE_MS = 80.0  # an Ogg page per generated frame (libsndfile's default page holds 1 s)
+_SFC_SET_OGG_PAGE_LATENCY_MS = 0x1302  # sndfile.h; soundfile has no wrapper for it
+
+
+def open_encoder(target: Any, fmt: str, rate: int = SAMPLE_RATE_OUT) -> Any:
+    """A soundfile writer of mono `fmt` ("wav", "flac", "mp3", "opus") at `rate` into `target`."""
     import soundfile as sf
 
+    container, subtype, options = ENCODINGS[fmt]
+    f = sf.SoundFile(target, "w", rate, 1, subtype, format=container, **options)
+    if fmt == "opus":  # best effort: without the command (libsndfile < 1.1), pages hold 1 s
+        try:
+            latency = sf._ffi.new("double*", OGG_PAGE_MS)
+            sf._snd.sf_command(f._file, _SFC_SET_OGG_PAGE_LATENCY_MS, latency, sf._ffi.sizeof("double"))
+        except AttributeError:  # soundfile's private names moved
+            pass
+    return f
+
+
+@functools.cache
+def can_encode(fmt: str) -> bool:
+    """Whether this libsndfile writes `fmt` (MP3 needs libsndfile >= 1.1 built with LAME, Opus
+    >= 1.0.29 built with libopus): a short clip is encoded and decoded back."""
+    if fmt in ("pcm", "pcm16", "wav"):
+        return True
+    try:
+        import soundfile as sf
+
+        data = encode_audio(np.zeros(SAMPLE_RATE_OUT // 10, dtype=np.float32), fmt)
+        _, rate = sf.read(io.BytesIO(data), dtype="float32")
+        return rate == SAMPLE_RATE_OUT
+    except Exception:  # noqa: BLE001 - LibsndfileError, TypeError, ...: not available here
+        return False
+
+
+def encode_audio(x: np.ndarray, fmt: str) -> bytes:
+    """A whole 24 kHz mono clip as a file ("wav", "flac", "mp3", "opus") or raw PCM ("pcm",
+    "pcm16")."""
+    if fmt in ("pcm", "pcm16"):
+        return pcm16(x)
     buf = io.BytesIO()
-    sf.write(buf, np.clip(x, -1.0, 1.0), SAMPLE_RATE_OUT, format=fmt.upper(), subtype="PCM_16")
+    with open_encoder(buf, fmt) as f:
+        f.write(np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0))
     return buf.getvalue()
+
+
+class _Outbox(io.RawIOBase):
+    """A file for libsndfile to encode into, from which the bytes are taken as they are written.
+    Bytes already taken are gone: an encoder that seeks back to rewrite them (the MP3 Info frame,
+    FLAC's length and checksum at close) changes nothing there; later bytes it can rewrite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = 0  # the file offset of buf[0]: everything before it has been taken
+        self.pos = 0
+        self.buf = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        return 0
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        skip = max(0, self.base - self.pos)  # what falls before base was taken already
+        start = self.pos + skip - self.base
+        end = start + len(data) - skip
+        if end > len(self.buf):
+            self.buf.extend(bytes(end - len(self.buf)))
+        self.buf[start:end] = data[skip:]
+        self.pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        ends = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.base + len(self.buf)}
+        self.pos = ends[whence] + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def take(self) -> bytes:
+        out = bytes(self.buf)
+        self.base += len(out)
+        self.buf.clear()
+        return out
+
+
+def encoded_stream(chunks: Iterator[np.ndarray], fmt: str) -> Iterator[bytes]:
+    """24 kHz float chunks -> the bytes of one `fmt` stream ("pcm", "wav", "mp3", "opus") as they
+    are encoded, ready to send: raw PCM, a WAV header of unknown length then PCM, or what
+    libsndfile's encoder has written after each chunk (MP3 frames, Ogg pages). Nothing comes
+    before the first chunk, so an error before any audio can still be answered with a status.
+    Closing it closes `chunks` too (on the thread that runs it: the generation ends there)."""
+    f = None
+    try:
+        if fmt in ("pcm", "wav"):
+            head = streaming_wav_header() if fmt == "wav" else b""
+            for chunk in chunks:
+                yield head + pcm16(chunk)
+                head = b""
+            return
+        out = _Outbox()
+        f = open_encoder(out, fmt)
+        for chunk in chunks:
+            f.write(np.clip(np.asarray(chunk, dtype=np.float32), -1.0, 1.0))
+            data = out.take()
+            if data:
+                yield data
+        f.close()  # the encoder's last frames
+        data = out.take()
+        if data:
+            yield data
+    finally:
+        if f is not None:
+            f.close()  # a no-op when closed; an abandoned stream's encoder is freed here
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def streaming_wav_header(rate: int = SAMPLE_RATE_OUT) -> bytes:

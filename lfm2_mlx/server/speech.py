@@ -1,16 +1,23 @@
 """POST /v1/audio/speech: text to speech through `LFM2Audio.speak_stream`, as `lfm2-audio speak`
 does: long input is cut at sentence ends, and a generation that yields no audio is an error
-(`NoAudioError`, 500 "no_audio"), never an empty file. A streamed response starts only once the
-first audio chunk exists, so that error still gets its status."""
+(`NoAudioError`, 500 "no_audio"), never an empty file.
+
+As OpenAI's endpoint, the audio is sent as it is generated (chunked transfer), whether or not the
+request says `stream`: raw PCM, a WAV header of unknown length then PCM, or MP3 frames and Ogg
+Opus pages as libsndfile encodes them, on the engine's worker. FLAC alone is sent whole, once
+complete: libsndfile cannot read a FLAC whose header lacks the length (it is known only at the
+end). A response starts only once the first audio chunk exists, so an error before any audio
+still gets its status; `stream_format: "sse"` sends base64 PCM events instead."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -22,8 +29,10 @@ from .protocol import (
     ApiError,
     api_error,
     b64,
+    can_encode,
     choice,
     encode_audio,
+    encoded_stream,
     flag,
     number,
     pcm16,
@@ -31,14 +40,44 @@ from .protocol import (
     seed,
     sse,
     sse_error,
-    streaming_wav_header,
 )
 from .state import ServerState
 
 log = logging.getLogger("lfm2_mlx.server")
 
-FORMATS = ("wav", "pcm", "flac")
-MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "pcm": PCM_MEDIA_TYPE}
+OPENAI_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+MEDIA_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": PCM_MEDIA_TYPE,
+}
+WHOLE = ("flac",)  # sent once complete, never streamed
+STREAM_HEADERS = {"X-Accel-Buffering": "no"}  # a reverse proxy (nginx) passes the chunks on at once
+
+
+def formats() -> tuple[str, ...]:
+    """The response formats this server writes: OpenAI's less aac, and less mp3 / opus where the
+    installed libsndfile cannot encode them."""
+    return tuple(f for f in MEDIA_TYPES if can_encode(f))
+
+
+def default_format() -> str:
+    """OpenAI's default, mp3, where libsndfile encodes it; else wav."""
+    return "mp3" if can_encode("mp3") else "wav"
+
+
+def response_format(value: Any) -> str:
+    fmt = value or default_format()
+    why = ""
+    if fmt == "aac":
+        why = " (libsndfile, which encodes the audio here, has no AAC encoder)"
+    elif fmt in MEDIA_TYPES and not can_encode(fmt):
+        why = f" (the installed libsndfile cannot encode {fmt})"
+    return choice(fmt, "response_format", formats(), default_format(), why)
+
+
 MAX_INPUT = 4096  # characters, as OpenAI's limit
 
 # OpenAI's voice names, mapped onto the four LFM2.5 voices so that clients written for OpenAI
@@ -102,7 +141,7 @@ async def parse(request: Request, state: ServerState) -> SpeechRequest:
         raise ApiError(400, "instructions must be a string (a free-text voice description)", "instructions")
     if description is not None:
         voice = None  # a description replaces the named voice
-    fmt = choice(body.get("response_format"), "response_format", FORMATS, "wav")
+    fmt = response_format(body.get("response_format"))
     speed = number(body.get("speed"), "speed")
     if speed is not None and speed != 1.0:
         raise ApiError(400, "speed other than 1.0 is not supported", "speed")
@@ -110,8 +149,12 @@ async def parse(request: Request, state: ServerState) -> SpeechRequest:
     if stream_format not in (None, "audio", "sse"):
         raise ApiError(400, "stream_format must be 'audio' or 'sse'", "stream_format")
     stream = flag(body.get("stream"), "stream") or stream_format is not None
-    if stream and fmt == "flac":
-        raise ApiError(400, "flac cannot be streamed; use pcm or wav", "response_format")
+    if stream and stream_format != "sse" and fmt in WHOLE:
+        raise ApiError(
+            400,
+            f"{fmt} is sent whole, once generated, and cannot be streamed; use mp3, opus, wav or pcm",
+            "response_format",
+        )
     options = {
         "voice": voice,
         "voice_description": description,
@@ -127,14 +170,14 @@ async def parse(request: Request, state: ServerState) -> SpeechRequest:
 
 async def speech(request: Request, state: ServerState) -> Response:
     req = await parse(request, state)
-    job = state.submit(lambda m: m.speak_stream(req.text, **req.options), "speech")
     fmt = req.response_format
-    if not req.stream:
-        wave = np.concatenate(await state.collect(job, request))
-        return Response(encode_audio(wave, fmt), media_type=MEDIA_TYPES[fmt])
 
-    chunks = await state.opened(job, request)  # the first audio chunk exists, or this raised
+    def speak(m: Any) -> Iterator[np.ndarray]:
+        return m.speak_stream(req.text, **req.options)
+
     if req.stream_format == "sse":
+        job = state.submit(speak, "speech")
+        chunks = await state.opened(job, request)  # the first audio chunk exists, or this raised
 
         async def events() -> AsyncIterator[bytes]:
             async for chunk in chunks:
@@ -144,14 +187,17 @@ async def speech(request: Request, state: ServerState) -> Response:
         body = state.body(job, events(), lambda e: sse_error(e, state.settings))
         return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
-    async def audio() -> AsyncIterator[bytes]:
-        if fmt == "wav":
-            yield streaming_wav_header()
-        async for chunk in chunks:
-            yield pcm16(chunk)
+    if fmt in WHOLE:
+        job = state.submit(speak, "speech")
+        wave = np.concatenate(await state.collect(job, request))
+        return Response(await run_in_threadpool(encode_audio, wave, fmt), media_type=MEDIA_TYPES[fmt])
+
+    # Encoded on the worker, chunk by chunk; its first bytes exist, or this raised.
+    job = state.submit(lambda m: encoded_stream(speak(m), fmt), "speech")
+    data = await state.opened(job, request)
 
     def cut(e: Exception) -> None:
-        # The headers are gone: a raw audio stream can only end early (see docs/server.md).
+        # The headers are gone: an audio stream can only end early (see docs/server.md).
         log.warning("speech stream ended early: %s", api_error(e, state.settings).message)
 
-    return StreamingResponse(state.body(job, audio(), cut), media_type=MEDIA_TYPES[fmt])
+    return StreamingResponse(state.body(job, data, cut), media_type=MEDIA_TYPES[fmt], headers=STREAM_HEADERS)
