@@ -3,7 +3,9 @@
     python -m lfm2_mlx.server -m LiquidAI/LFM2.5-Audio-1.5B --port 8080
 
 Endpoints (see docs/server.md): POST /v1/audio/transcriptions, POST /v1/audio/speech,
-POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health. At --log-level info
+POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health, the Realtime
+WebSocket /v1/realtime and the web page at /. Up to --max-running requests decode together in one
+batch (`engine.py`, `lfm2_mlx/shared_batch.py`). At --log-level info
 (the default) every request is logged once it ends (`access_log.py`).
 
 This module parses flags, starts the engine and uvicorn, and stops them on SIGINT / SIGTERM; it
@@ -14,7 +16,7 @@ Exit status: 1 the model cannot be loaded or the port bound; 2 invalid flags; 13
 SIGINT (Ctrl-C) and 143 by SIGTERM, as `lfm2-audio`'s other commands. Either signal shuts down
 gracefully: uvicorn stops accepting, the running generation is cut at its next step (its stream
 ends with an error event; waiting requests get 503), responses in flight get up to GRACE_S to
-finish, and the model's worker thread is joined before the interpreter exits.
+finish, and the worker and batch threads are joined before the interpreter exits.
 """
 
 from __future__ import annotations
