@@ -95,22 +95,25 @@ def stream_rows(
         running += len(take)
 
     admit()
-    while head < len(requests):
-        for out in engine.next():
-            r = row_of[out.uid]
-            chunks = [chunkers[r].chunk(s) for s in out.steps]
-            if out.done:
-                chunks += chunkers.pop(r).rest()
-                ended.add(r)
-                running -= 1
-            if r == head:
-                yield from ((r, c) for c in chunks)
-            else:
-                held[r].extend(chunks)
-        while head in ended:  # the rows after it, already ended or running, take over in order
-            del held[head]
-            head += 1
-            if head < len(requests) and head in held:
-                yield from ((head, c) for c in held[head])
-                held[head].clear()
-        admit()
+    try:
+        while head < len(requests):
+            for out in engine.next():
+                r = row_of[out.uid]
+                chunks = [chunkers[r].chunk(s) for s in out.steps]
+                if out.done:
+                    chunks += chunkers.pop(r).rest()
+                    ended.add(r)
+                    running -= 1
+                if r == head:
+                    yield from ((r, c) for c in chunks)
+                else:
+                    held[r].extend(chunks)
+            while head in ended:  # the rows after it, already ended or running, take over in order
+                del held[head]
+                head += 1
+                if head < len(requests) and head in held:
+                    yield from ((head, c) for c in held[head])
+                    held[head].clear()
+            admit()
+    finally:
+        engine.remove(list(row_of))  # stopped early: its rows leave the batch at once

@@ -54,6 +54,7 @@ class SharedRows:
     def _wait(self, q: queue.Queue) -> Any:
         while True:
             if self.should_stop() or self.shared.closing:
+                self.remove(list(self.live))  # its rows leave at the next step, whoever catches this
                 raise Stopped("stopped")
             try:
                 return q.get(timeout=POLL_S)
