@@ -33,3 +33,19 @@ def load_model(checkpoint_dir):
         return cache[name, dtype]
 
     return get
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """`lfm2_mlx.load` replaced by a recorder that fails: a check that must come before any model
+    work shows as the error, with no call recorded."""
+    import lfm2_mlx
+
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("the model was loaded")
+
+    monkeypatch.setattr(lfm2_mlx, "load", fake)
+    return calls

@@ -635,20 +635,6 @@ def test_serve_is_delegated(capsys, monkeypatch):
 
 
 # ---- defects of issue 9 --------------------------------------------------------------------------
-@pytest.fixture
-def no_load(monkeypatch):
-    """`lfm2_mlx.load` replaced by a recorder that fails: a check that must come before any model
-    work shows as the error, with no call recorded."""
-    import lfm2_mlx
-
-    calls = []
-
-    def fake(*args, **kwargs):
-        calls.append(args)
-        raise RuntimeError("the model was loaded")
-
-    monkeypatch.setattr(lfm2_mlx, "load", fake)
-    return calls
 
 
 @pytest.fixture

@@ -66,19 +66,6 @@ def api(ckpt):
     return get
 
 
-@pytest.fixture
-def no_load(monkeypatch):
-    """`lfm2_mlx.load` made to fail and record its calls: no call means no model work."""
-    calls = []
-
-    def fake(*args, **kwargs):
-        calls.append(args)
-        raise RuntimeError("the model was loaded")
-
-    monkeypatch.setattr(lfm2_mlx, "load", fake)
-    return calls
-
-
 def call(capsys, *argv):
     """cli.main in-process: (exit status, stdout, stderr)."""
     try:
