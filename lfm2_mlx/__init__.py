@@ -19,6 +19,9 @@ __all__ = [
     "Modality",
     "Reply",
     "ReplyChunk",
+    "Segment",
+    "SharedBatch",
+    "Transcript",
     "load",
 ]
 
@@ -31,6 +34,9 @@ _EXPORTS = {
     "ChatState": "chat",
     "Modality": "chat",
     "GenerationStep": "generate",
+    "Transcript": "transcribe",
+    "Segment": "transcribe",
+    "SharedBatch": "shared_batch",
 }
 
 
