@@ -110,3 +110,60 @@ def test_no_speech_no_segments_and_silence_is_an_error():
 
     with pytest.raises(SilentAudioError):
         transcribe(lambda w: ("x", []), (np.zeros(5 * SR, dtype=np.float32), SR))
+
+
+class CountingSession:
+    """A transcriber with `session()`: each piece is a row that takes one step per 0.5 s of its audio
+    (a real model's text grows with the speech); counts the batch's steps and its widest row count."""
+
+    def __init__(self, asr):
+        self.asr, self.steps, self.widest = asr, 0, 0
+
+    def session(self):
+        outer = self
+
+        class Rows:
+            def __init__(self):
+                self.rows, self.uid = {}, 0
+
+            def __len__(self):
+                return len(self.rows)
+
+            def submit(self, wave):
+                self.uid += 1
+                self.rows[self.uid] = [max(1, round(len(wave) / (SR / 2))), wave]
+                return self.uid
+
+            def step(self):
+                outer.steps += 1
+                outer.widest = max(outer.widest, len(self.rows))
+                done = []
+                for uid, row in list(self.rows.items()):
+                    row[0] -= 1
+                    if row[0] == 0:
+                        del self.rows[uid]
+                        done.append((uid, (*outer.asr(row[1]), None, 0.0)))
+                return done
+
+            def close(self):
+                self.rows.clear()
+
+        return Rows()
+
+    def __call__(self, waves):  # the static path: a batch lasts as long as its longest piece
+        self.steps += max(max(1, round(len(w) / (SR / 2))) for w in waves)
+        return [(*self.asr(w), None, 0.0) for w in waves]
+
+
+def test_a_finished_row_makes_room_for_the_next_piece_at_once():
+    from lfm2_mlx.transcribe import transcribe_many
+
+    rec = recording(24, 10, pause=(0.4, 1.5), words_per_utterance=(1, 12))
+    asr = OracleASR(rec)
+    cont, static = CountingSession(asr), CountingSession(asr)
+    a = [e for _, e in transcribe_many([(rec.audio, SR)], cont, batch_size=4)]
+    b = [e for _, e in transcribe_many([(rec.audio, SR)], lambda w: static(w), batch_size=4)]
+    assert [(s.start, s.end, s.text) for s in a[:-1]] == [(s.start, s.end, s.text) for s in b[:-1]]
+    assert a[-1] == b[-1] and boundary_errors(rec.words, a[-1].text)["lost"] == 0
+    assert cont.widest == 4  # the batch kept full
+    assert cont.steps < 0.9 * static.steps, (cont.steps, static.steps)  # no batch waits for its longest row
