@@ -47,7 +47,7 @@ from .recipes import (
 from .replies import Chunker, Reply, ReplyChunk, stream_rows
 from .session import ChatSession, check_turn_seconds
 from .text import split_sentences
-from .transcribe import ModelBatchTranscriber, Segment, Transcript, transcribe_many
+from .transcribe import ModelTranscriber, Segment, Transcript, transcribe_many
 from .weights import stored_float_dtype
 
 
@@ -240,7 +240,7 @@ class LFM2Audio:
         `lfm2_mlx.generate.generate` (greedy unless they say otherwise)."""
         language, job, plan = self._asr_settings(**kwargs)
         srcs = [(a, sample_rate) if isinstance(a, np.ndarray) and sample_rate else a for a in audios]
-        fn = ModelBatchTranscriber(self, **job)
+        fn = ModelTranscriber(self, **job)
         for i, event in transcribe_many(srcs, fn, batch_size=batch_size, **plan):
             if isinstance(event, Transcript):
                 event.language = language

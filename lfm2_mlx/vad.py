@@ -10,7 +10,6 @@ every frame as speech, while Silero scored that noise 0.0 and speech mixed into 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -57,20 +56,4 @@ class SileroVad:
         self._vad.reset()
 
 
-def frames(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """Regroup a stream of mono blocks into frames of `size` samples (the last one zero-padded)."""
-    rest = np.zeros(0, dtype=np.float32)
-    for b in blocks:
-        x = (
-            np.concatenate([rest, np.asarray(b, dtype=np.float32)])
-            if len(rest)
-            else np.asarray(b, np.float32)
-        )
-        n = len(x) // size
-        yield from x[: n * size].reshape(n, size)
-        rest = x[n * size :]
-    if len(rest):
-        yield np.concatenate([rest, np.zeros(size - len(rest), dtype=np.float32)])
-
-
-__all__ = ["SileroVad", "Vad", "VadUnavailable", "frames"]
+__all__ = ["SileroVad", "Vad", "VadUnavailable"]

@@ -19,9 +19,9 @@ import checkpoints
 import pytest
 import soundfile as sf
 from spoken import SAMPLE_RATE, recording
+from test_cli import call
 
 import lfm2_mlx
-from lfm2_mlx import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = ["--max-new-tokens", "6", "-q"]
@@ -64,16 +64,6 @@ def api(ckpt):
         return done[path, tokens]
 
     return get
-
-
-def call(capsys, *argv):
-    """cli.main in-process: (exit status, stdout, stderr)."""
-    try:
-        rc = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def transcribe(capsys, ckpt, *argv):

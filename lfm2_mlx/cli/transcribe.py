@@ -199,14 +199,10 @@ def choose_format(args: argparse.Namespace, n_inputs: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..transcribe import check_segmentation, plan
-    from ..transcribe.segments import check_chunk
+    from ..transcribe.batch import check_cutting
 
     # The library's checks of the flags, before anything is read or loaded.
-    check_segmentation(args.segmentation)
-    plan(args.chunk_length, args.overlap) if args.segmentation == "windows" else check_chunk(
-        args.chunk_length
-    )
+    check_cutting(args.segmentation, args.chunk_length, args.overlap)
     paths = expand(args.audio)
     fmt = choose_format(args, len(paths))
     rk = corpus.ranks()

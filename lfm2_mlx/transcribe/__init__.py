@@ -3,11 +3,10 @@ engine), `segments` (speech segments by VAD), `windows` and `stitch` (overlappin
 `writers` (txt, srt, vtt, tsv, json files), `corpus` (many files over several processes).
 The method is described in `driver`."""
 
-from .batch import Meter, ModelBatchTranscriber, transcribe, transcribe_iter, transcribe_many
+from .batch import Meter, ModelTranscriber, transcribe, transcribe_iter, transcribe_many
 from .driver import (
     SEGMENTATIONS,
     SILENT_PEAK,
-    ModelTranscriber,
     Segment,
     Transcriber,
     Transcript,
@@ -23,7 +22,6 @@ __all__ = [
     "SEGMENTATIONS",
     "SILENT_PEAK",
     "Meter",
-    "ModelBatchTranscriber",
     "ModelTranscriber",
     "Piece",
     "Segment",

@@ -19,13 +19,12 @@ import numpy as np
 from ..audio_io import SAMPLE_RATE_IN as SAMPLE_RATE
 from ..audio_io import AudioInput, open_audio
 from ..errors import AudioError, InputError, LFM2AudioError
-from ..generate import Request, generate_batch, new_rows
-from ..recipes import ASR_BATCH_SIZE, CHUNK_LENGTH_S, MAX_NEW_TOKENS, OVERLAP_S
+from ..generate import Request, new_rows
+from ..recipes import ASR_BATCH_SIZE, ASR_PROMPT, CHUNK_LENGTH_S, MAX_NEW_TOKENS, OVERLAP_S
 from .driver import (
     SILENT_PEAK,
     FileJoin,
     FileStitch,
-    ModelTranscriber,
     Segment,
     Transcriber,
     Transcript,
@@ -46,34 +45,22 @@ BatchTranscriber = Callable[
 ]
 
 
-class ModelBatchTranscriber(ModelTranscriber):
-    """A `BatchTranscriber` from a loaded model (the settings of `ModelTranscriber`): one ASR row
-    per window, all in one batch."""
+class ModelTranscriber:
+    """A loaded model as the engine's transcriber: one ASR turn per piece (greedy by default),
+    each a row of the running batch (`session`)."""
 
-    def __call__(self, waves: list[np.ndarray]) -> list:  # type: ignore[override]
-        m = self.model
-        t0 = time.perf_counter()
-        out: list = [None] * len(waves)
-        reqs, rows = [], []
-        for j, w in enumerate(waves):
-            try:
-                chat = m.user_turn(m.new_chat(self.system), audio=(w, SAMPLE_RATE))
-            except LFM2AudioError as e:  # this window's file fails; the batch goes on
-                out[j] = e
-                continue
-            reqs.append(Request(chat, max_new_tokens=self.max_new_tokens, **self.sampling))
-            rows.append(j)
-        steps: list[list] = [[] for _ in reqs]
-        first: list[float | None] = [None] * len(reqs)
-        for i, step in generate_batch(m.model, reqs):
-            if first[i] is None:
-                first[i] = time.perf_counter() - t0
-            if step.value is not None:
-                steps[i].append(step.value)
-        share = (time.perf_counter() - t0) / max(1, len(reqs))  # each window's share of the batch
-        for j, s, f in zip(rows, steps, first):
-            out[j] = (m.text_of(s), s, f, share)
-        return out
+    def __init__(
+        self,
+        model: Any,
+        *,
+        system: str | None = None,
+        max_new_tokens: int = MAX_NEW_TOKENS["asr"],
+        **sampling: Any,
+    ):
+        self.model = model
+        self.system = ASR_PROMPT if system is None else system
+        self.max_new_tokens = max_new_tokens
+        self.sampling = sampling
 
     def session(self) -> Rows:
         """Rows fed one piece at a time (`transcribe_many` keeps the batch full with them)."""
@@ -84,7 +71,7 @@ class Rows:
     """Pieces decoded as rows of one running batch: `submit` adds one (it joins at the next step),
     `step` runs a step and returns the pieces that finished, as `BatchTranscriber` results."""
 
-    def __init__(self, mt: ModelBatchTranscriber):
+    def __init__(self, mt: ModelTranscriber):
         self.mt, self.engine = mt, new_rows(mt.model.model)
         self.rows: dict[int, list] = {}  # uid -> [steps, start time, first step s, share of steps s]
 
@@ -141,6 +128,15 @@ def pieces(blocks: Meter, segmentation: str, chunk_length: float, overlap: float
     return windows(blocks, chunk_length, overlap)
 
 
+def check_cutting(segmentation: str, chunk_length: float, overlap: float) -> None:
+    """The cutting keywords checked (an `InputError` naming the bad one), before any work."""
+    check_segmentation(segmentation)
+    if segmentation == "windows":
+        plan(chunk_length, overlap)
+    else:
+        check_chunk(chunk_length)
+
+
 def transcribe_many(
     audios: Sequence[AudioInput],
     transcriber: BatchTranscriber,
@@ -156,11 +152,7 @@ def transcribe_many(
     or (input index, error) for a recording that cannot be read or is silent, after which the
     others go on. Pieces are read lazily: at most `batch_size` are held at once, plus what
     the cutting keeps (bounded memory for any length)."""
-    check_segmentation(segmentation)
-    if segmentation == "windows":
-        plan(chunk_length, overlap)
-    else:
-        check_chunk(chunk_length)
+    check_cutting(segmentation, chunk_length, overlap)
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
 
@@ -280,9 +272,8 @@ def _one(
     audio: AudioInput, transcriber: Transcriber, sample_rate: int | None, **kw: Any
 ) -> Iterator[Segment | Transcript]:
     """One recording through the engine with B = 1; errors raised."""
-    for _, event in transcribe_many(
-        [open_audio(audio, sample_rate)], single(transcriber), batch_size=1, **kw
-    ):
+    fn = transcriber if hasattr(transcriber, "session") else single(transcriber)
+    for _, event in transcribe_many([open_audio(audio, sample_rate)], fn, batch_size=1, **kw):
         if isinstance(event, LFM2AudioError):
             raise event
         yield event
@@ -334,7 +325,9 @@ def transcribe(
 __all__ = [
     "BatchTranscriber",
     "Meter",
-    "ModelBatchTranscriber",
+    "ModelTranscriber",
+    "Rows",
+    "check_cutting",
     "transcribe",
     "transcribe_iter",
     "transcribe_many",

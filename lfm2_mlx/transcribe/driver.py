@@ -40,10 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from ..audio_io import SAMPLE_RATE_IN as SAMPLE_RATE
 from ..audio_io import peak_dbfs
 from ..errors import InputError, SilentAudioError
-from ..recipes import ASR_PROMPT, MAX_NEW_TOKENS
 from ..text import join_text
 from .stitch import Stitcher
 from .windows import FRAME, Window, active_frames
@@ -137,41 +135,6 @@ def check_segmentation(segmentation: str) -> None:
         raise InputError(f"segmentation must be one of {', '.join(SEGMENTATIONS)}, got {segmentation!r}")
 
 
-class ModelTranscriber:
-    """A `Transcriber` from a loaded model: one ASR turn per piece (greedy by default), keeping
-    the time to the last piece's first step and its generation time."""
-
-    def __init__(
-        self,
-        model: Any,
-        *,
-        system: str | None = None,
-        max_new_tokens: int = MAX_NEW_TOKENS["asr"],
-        **sampling: Any,
-    ):
-        self.model = model
-        self.system = ASR_PROMPT if system is None else system
-        self.max_new_tokens = max_new_tokens
-        self.sampling = sampling
-        self.first_token_s: float | None = None
-        self.generate_s = 0.0
-        self.steps: list = []
-
-    def __call__(self, wave: np.ndarray) -> tuple[str, list]:
-        m = self.model
-        t0 = time.perf_counter()
-        self.steps, self.first_token_s, text = [], None, []
-        chat = m.user_turn(m.new_chat(self.system), audio=(wave, SAMPLE_RATE))
-        for c in m.stream(chat, with_audio=False, max_new_tokens=self.max_new_tokens, **self.sampling):
-            if self.first_token_s is None:
-                self.first_token_s = time.perf_counter() - t0
-            if c.step is not None:
-                self.steps.append(c.step.value)
-            text.append(c.text or "")
-        self.generate_s = time.perf_counter() - t0
-        return "".join(text).strip(), self.steps
-
-
 class FileStitch:
     """One recording's windows joined as their transcripts arrive, in order: `add` returns the
     previous window's `Segment` once its text is final, `finish` the last one."""
@@ -223,8 +186,7 @@ def single(transcriber: Transcriber) -> Callable[[list[np.ndarray]], list]:
         for w in waves:
             t0 = time.perf_counter()
             text, steps = transcriber(w)
-            spent = getattr(transcriber, "generate_s", time.perf_counter() - t0)
-            out.append((text, steps, getattr(transcriber, "first_token_s", None), spent))
+            out.append((text, steps, None, time.perf_counter() - t0))
         return out
 
     return run
@@ -235,7 +197,6 @@ __all__ = [
     "SILENT_PEAK",
     "FileJoin",
     "FileStitch",
-    "ModelTranscriber",
     "Segment",
     "Transcriber",
     "Transcript",

@@ -104,6 +104,7 @@ class Segmenter:
         self.speaking = False
         self.start = 0  # of the utterance being heard
         self.silent = 0  # frames below NEG_THRESHOLD at the end of it
+        self.cut_next = False  # the utterance being heard starts at a cut through speech
         self.pending: Span | None = None  # the last span, waiting for a fragment to join it
         self.prev_end: int | None = None  # end of the last segment given out (for padding)
 
@@ -131,34 +132,32 @@ class Segmenter:
             self.pos = self.end
         if self.speaking:
             self.speaking = False
-            out += self._span(Span(self.start, self.end, cut_before=self._cut_next))
+            out += self._span(Span(self.start, self.end, cut_before=self.cut_next))
         if self.pending is not None:
             out += self._emit(None, last=True)
         return out
 
     # ---- detection ---------------------------------------------------------------------------
-    _cut_next = False  # the utterance being heard starts at a cut
-
     def _step(self, i: int, p: float) -> list[Piece]:
         """Frame at absolute sample `i` scored `p`."""
         f = self.frame
         if not self.speaking:
             if p >= THRESHOLD:
-                self.speaking, self.start, self.silent, self._cut_next = True, i, 0, False
+                self.speaking, self.start, self.silent, self.cut_next = True, i, 0, False
             elif self.pending is not None and i + f - self.pending.end > self.join_gap:
                 return self._emit(None)  # nothing can join it any more
             return []
         self.silent = self.silent + 1 if p < NEG_THRESHOLD else 0
         if self.silent * f >= self.min_pause:
             self.speaking = False
-            return self._span(Span(self.start, i + f - self.silent * f, cut_before=self._cut_next))
+            return self._span(Span(self.start, i + f - self.silent * f, cut_before=self.cut_next))
         if i + f - self.start >= self.max_len:
             # One pass is full and the speaker has not paused: cut at the quietest point of its
             # second half (between two words), the next span starting right there.
             lo = self.start + self.max_len // 2 - self.buf_start
             cut = self.buf_start + quietest(self.buf, lo, i + f - self.buf_start)
-            span = Span(self.start, cut, cut_before=self._cut_next, cut_after=True)
-            self.start, self._cut_next = cut, True
+            span = Span(self.start, cut, cut_before=self.cut_next, cut_after=True)
+            self.start, self.cut_next = cut, True
             return self._span(span)
         return []
 
