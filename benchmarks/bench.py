@@ -316,6 +316,25 @@ def nbytes(tree: Any) -> int:
     return sum(v.nbytes for _, v in tree_flatten(tree))
 
 
+def run_facts(job: dict, model, load_s: float, results: dict) -> dict:
+    """What every lfm2-mlx result records about the run: versions, device, dtypes, load time, peaks."""
+    import mlx.core as mx
+
+    import lfm2_mlx
+
+    return {
+        "impl": "lfm2-mlx",
+        "version": lfm2_mlx.__version__,
+        "mlx": mx.__version__,
+        "device": str(mx.default_device()),
+        "dtype": job["dtype"],
+        "weights_dtype": str(model.model.dtype).replace("mlx.core.", ""),
+        "load_s": load_s,
+        "peak_mlx_bytes": max([r["peak_mlx_bytes"] for r in results.values()] + [int(mx.get_peak_memory())]),
+        "peak_rss_bytes": sc.peak_rss_bytes(),
+    }
+
+
 def weight_bytes_per_step(m) -> dict:
     """Weight bytes one decode step reads: every backbone layer, plus the tied text head (the
     whole embedding table) for a text step, or the depthformer run 8 times and the 8 code heads
@@ -432,15 +451,7 @@ def mlx_worker(job: dict) -> dict:
         else:
             decoders["mimi"] = {"skipped": f"the checkpoint has no {MIMI_FILE}"}
     return {
-        "impl": "lfm2-mlx",
-        "version": lfm2_mlx.__version__,
-        "mlx": mx.__version__,
-        "device": str(mx.default_device()),
-        "dtype": job["dtype"],
-        "weights_dtype": str(model.model.dtype).replace("mlx.core.", ""),
-        "load_s": load_s,
-        "peak_mlx_bytes": max([r["peak_mlx_bytes"] for r in results.values()] + [int(mx.get_peak_memory())]),
-        "peak_rss_bytes": sc.peak_rss_bytes(),
+        **run_facts(job, model, load_s, results),
         "bytes_per_step": weight_bytes_per_step(model.model),
         "scenarios": results,
         "decoders": decoders,
@@ -525,16 +536,8 @@ def batch_worker(job: dict) -> dict:
         )
         sys.stderr.flush()
     return {
-        "impl": "lfm2-mlx",
-        "version": lfm2_mlx.__version__,
-        "mlx": mx.__version__,
-        "device": str(mx.default_device()),
-        "dtype": job["dtype"],
-        "weights_dtype": str(model.model.dtype).replace("mlx.core.", ""),
+        **run_facts(job, model, load_s, results),
         "batch": b,
-        "load_s": load_s,
-        "peak_mlx_bytes": max([r["peak_mlx_bytes"] for r in results.values()] + [int(mx.get_peak_memory())]),
-        "peak_rss_bytes": sc.peak_rss_bytes(),
         "tasks": results,
     }
 
